@@ -1,0 +1,365 @@
+"""Audio discovery, robust decoding and cached log-mel features.
+
+Shared by train_classifier.py (Keras) and train_cgan.py (PyTorch), so it imports
+neither framework. Everything here is built for real, messy folders of clips:
+mixed sample rates, bit depths and channel counts, stray hidden files, and the
+odd empty, truncated or corrupt file among thousands. A bad file costs one
+warning line naming it, never the run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
+# Below this peak level (-80 dBFS, about 3 LSB of 16-bit audio) a clip carries
+# nothing but dither; training on it only teaches the model that silence is a class.
+SILENCE_PEAK = 1e-4
+# Floor of the log-mel features, in dB: keeps log() finite on digital silence.
+DB_FLOOR = -100.0
+
+
+class DataError(Exception):
+    """The data cannot be used at all; the message says why, for the user."""
+
+
+class BadAudio(Exception):
+    """One file cannot be used; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything that decides the features; saved beside every model."""
+
+    sr: int = 22050
+    duration: float = 4.0
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.sr * self.duration))
+
+    @property
+    def n_frames(self) -> int:
+        # librosa's centred STFT gives one frame per hop plus one.
+        return 1 + self.n_samples // self.hop_length
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def warn(message: str) -> None:
+    """One line on stderr that does not tear an active progress bar."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------
+# Discovery
+# ----------------------------------------------------------------------------
+
+def _is_hidden(path: Path, root: Path) -> bool:
+    """Hidden files and folders (`._x.wav`, `.DS_Store`, `.git`) and macOS zip debris."""
+    return any(p.startswith(".") or p == "__MACOSX" for p in path.relative_to(root).parts)
+
+
+def find_audio_files(root: str | Path) -> list[Path]:
+    """All audio files below `root`, in a stable (sorted) order; hidden and other files are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    return sorted(
+        p for p in root.rglob("*")
+        if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file() and not _is_hidden(p, root)
+    )
+
+
+def _unwrap_nested_root(root: Path) -> Path:
+    """Kaggle zips often unpack to `train/train/<class>/`: step into the inner folder."""
+    children = [c for c in root.iterdir() if not _is_hidden(c, root)]
+    if len(children) == 1 and children[0].is_dir() and children[0].name == root.name:
+        return children[0]
+    return root
+
+
+def find_labelled_clips(root: str | Path) -> tuple[list[Path], list[str]]:
+    """Clips in a folder-per-class tree, `root/<class>/**/*.wav`.
+
+    Returns the clip paths and their class names (the name of the top-level folder
+    each clip sits under). Audio lying directly in `root` has no class and is
+    reported, not used.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"training folder {root} does not exist")
+    root = _unwrap_nested_root(root)
+    paths, labels, loose = [], [], 0
+    for path in find_audio_files(root):
+        rel = path.relative_to(root)
+        if len(rel.parts) == 1:
+            loose += 1
+            continue
+        paths.append(path)
+        labels.append(rel.parts[0])
+    if loose:
+        warn(f"{loose} audio file(s) directly in {root} have no class folder and are ignored "
+             f"(expected {root}/<class>/<clip>.wav)")
+    if not paths:
+        raise DataError(f"no audio files found in class folders under {root} "
+                        f"(expected {root}/<class>/<clip>.wav)")
+    return paths, labels
+
+
+def keep_usable_classes(paths, labels, ok, min_classes: int = 2):
+    """Drop the unusable clips, then any class left with none; stop if too few classes remain.
+
+    Returns (paths, labels, class_names, row_indices) where row_indices index the
+    feature array the `ok` mask came from.
+    """
+    rows = [i for i, good in enumerate(ok) if good]
+    present = {labels[i] for i in rows}
+    for name in sorted(set(labels) - present):
+        warn(f"class '{name}' has no usable clips and is dropped")
+    classes = sorted(present)
+    if len(classes) < min_classes:
+        raise DataError(f"need at least {min_classes} classes with usable clips, found "
+                        f"{len(classes)}{': ' + ', '.join(classes) if classes else ''}")
+    return [paths[i] for i in rows], [labels[i] for i in rows], classes, np.asarray(rows)
+
+
+# ----------------------------------------------------------------------------
+# Decoding
+# ----------------------------------------------------------------------------
+
+def load_clip(path: str | Path, sr: int, duration: float) -> np.ndarray:
+    """Decode the first `duration` seconds of a file to mono float32 at `sr`, padded or cropped.
+
+    Only the frames needed are read, so a ten-minute recording costs no more than
+    a short clip. Raises BadAudio with a short reason for any file that cannot
+    be used.
+    """
+    path = Path(path)
+    n_out = int(round(sr * duration))
+    try:
+        if path.stat().st_size == 0:
+            raise BadAudio("empty file (0 bytes)")
+        with sf.SoundFile(path) as f:
+            native_sr = f.samplerate
+            if native_sr <= 0:
+                raise BadAudio(f"invalid sample rate {native_sr}")
+            if f.frames <= 0:
+                raise BadAudio("no audio frames (header only, or an empty data chunk)")
+            want = min(f.frames, math.ceil(duration * native_sr))
+            data = f.read(want, dtype="float32", always_2d=True)
+            _check_not_truncated(f, want, len(data))
+    except BadAudio:
+        raise
+    except Exception as e:  # libsndfile, OS and format errors alike: one reason line per file
+        raise BadAudio(f"unreadable ({_short_reason(e)})") from None
+    if not np.isfinite(data).all():
+        raise BadAudio("contains NaN or infinite samples")
+    wave = data.mean(axis=1)
+    peak = float(np.abs(wave).max())
+    if peak < SILENCE_PEAK:
+        raise BadAudio(f"silent (peak {20 * math.log10(peak):.0f} dBFS)" if peak > 0 else "silent (all samples zero)")
+    if native_sr != sr:
+        wave = librosa.resample(wave, orig_sr=native_sr, target_sr=sr)
+    return fix_length(wave.astype(np.float32, copy=False), n_out)
+
+
+# libsndfile logs "data : 88200 (should be 44078)" when a WAV's data chunk is shorter
+# than its header says, then quietly reads what is there.
+_SHORT_DATA_CHUNK = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
+# Writers that stream to disk put a placeholder size in the header: not a truncation.
+_STREAMING_PLACEHOLDERS = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+
+
+def _check_not_truncated(f: sf.SoundFile, wanted: int, got: int) -> None:
+    """A file that holds less audio than its header promises was cut off mid-write or mid-copy."""
+    m = _SHORT_DATA_CHUNK.search(f.extra_info)
+    cut = m and int(m[1]) not in _STREAMING_PLACEHOLDERS and int(m[1]) > int(m[2])
+    if cut or got < wanted:
+        raise BadAudio("truncated (the header promises more audio than the file holds)")
+
+
+def _short_reason(e: Exception) -> str:
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    # libsndfile prefixes its messages with the path we already print.
+    return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
+
+
+def fix_length(wave: np.ndarray, n: int) -> np.ndarray:
+    """Zero-pad at the end or crop the end, to exactly n samples."""
+    if len(wave) >= n:
+        return wave[:n]
+    return np.pad(wave, (0, n - len(wave)))
+
+
+# ----------------------------------------------------------------------------
+# Features
+# ----------------------------------------------------------------------------
+
+def log_mel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Log-power mel spectrogram in dB, shape (n_mels, n_frames), float32.
+
+    Slaney mel scale and normalisation (librosa's defaults), so torchaudio's
+    InverseMelScale(norm="slaney", mel_scale="slaney") inverts it exactly.
+    """
+    mel = librosa.feature.melspectrogram(
+        y=wave, sr=cfg.sr, n_fft=cfg.n_fft, hop_length=cfg.hop_length,
+        n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax, power=2.0,
+    )
+    return (10.0 * np.log10(np.maximum(mel, 10 ** (DB_FLOOR / 10)))).astype(np.float32)
+
+
+def _features_or_reason(args) -> tuple[np.ndarray | None, str | None]:
+    path, cfg = args
+    try:
+        return log_mel(load_clip(path, cfg.sr, cfg.duration), cfg), None
+    except BadAudio as e:
+        return None, str(e)
+    except Exception as e:  # a decoder bug on one odd file must not end a long run
+        return None, f"could not be processed ({type(e).__name__}: {_short_reason(e)})"
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def _cache_key(paths: list[Path], cfg: FeatureConfig) -> str:
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass
+class Features:
+    """Log-mels of a list of files: `x[i]` belongs to `paths[i]`; rows of skipped files are zeros."""
+
+    x: np.ndarray               # (N, n_mels, n_frames) float32, memory-mapped from the cache
+    paths: list[Path]
+    skipped: dict[int, str]     # row -> reason the file was skipped
+    from_cache: bool
+
+    @property
+    def ok(self) -> np.ndarray:
+        mask = np.ones(len(self.paths), dtype=bool)
+        mask[list(self.skipped)] = False
+        return mask
+
+
+def extract_features(paths: list[Path], cfg: FeatureConfig, cache_dir: str | Path | None,
+                     desc: str = "features", workers: int | None = None) -> Features:
+    """Log-mel features of every file, decoded in parallel and cached on disk.
+
+    The cache is keyed by the config and each file's path, size and modification
+    time, so a second run with the same data and settings skips decoding
+    entirely; change anything and the features are recomputed. Rows are streamed
+    into a memory-mapped .npy file as workers finish, so memory stays flat however
+    many clips there are. Every skipped file is reported (on a cached run too).
+    """
+    paths = [Path(p) for p in paths]
+    shape = (len(paths), cfg.n_mels, cfg.n_frames)
+    cache = Path(cache_dir) / f"{desc}-{_cache_key(paths, cfg)}" if cache_dir else None
+    if cache is not None and (cache / "status.json").exists():
+        skipped = {int(k): v for k, v in json.loads((cache / "status.json").read_text())["skipped"].items()}
+        feats = Features(np.load(cache / "features.npy", mmap_mode="r"), paths, skipped, True)
+        print(f"{desc}: {len(paths)} clips from cache {cache}")
+        for i, reason in sorted(skipped.items()):
+            warn(f"skipped {paths[i]}: {reason}")
+    else:
+        feats = _compute_features(paths, cfg, shape, cache, desc, workers)
+    report_skipped(feats.paths, feats.skipped, desc)
+    return feats
+
+
+def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
+    work = None
+    # librosa does ~3 s of one-off set-up on its first STFT and resample: pay it
+    # once here, so forked workers inherit it instead of each paying it again.
+    librosa.resample(np.ones(64, np.float32), orig_sr=2, target_sr=1)
+    log_mel(np.zeros(cfg.n_samples, np.float32), cfg)
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{desc}-", dir=cache.parent))
+        x = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np.float32, shape=shape)
+    else:
+        x = np.zeros(shape, dtype=np.float32)
+    skipped: dict[int, str] = {}
+    jobs = [(p, cfg) for p in paths]
+    workers = min(workers or default_workers(), max(1, len(paths) // 8))
+    bar = tqdm(total=len(paths), desc=desc, unit="clip", dynamic_ncols=True)
+    try:
+        if workers > 1:
+            # fork: workers inherit the imports instead of re-importing the calling
+            # script (and its deep-learning framework) in every process.
+            ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
+            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+                results = pool.map(_features_or_reason, jobs, chunksize=8)
+                _collect(results, x, skipped, paths, bar)
+        else:
+            _collect(map(_features_or_reason, jobs), x, skipped, paths, bar)
+    except BaseException:
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    if cache:
+        x.flush()
+        del x
+        (work / "status.json").write_text(json.dumps(
+            {"config": cfg.to_dict(), "files": [str(p) for p in paths], "skipped": skipped}))
+        try:
+            work.rename(cache)  # atomic: a half-written cache is never picked up
+        except OSError:  # another run finished the same cache first
+            shutil.rmtree(work, ignore_errors=True)
+        x = np.load(cache / "features.npy", mmap_mode="r")
+    return Features(x, paths, skipped, False)
+
+
+def _collect(results, x, skipped, paths, bar) -> None:
+    for i, (feat, reason) in enumerate(results):
+        if feat is None:
+            skipped[i] = reason
+            warn(f"skipped {paths[i]}: {reason}")
+        else:
+            x[i] = feat
+        bar.update()
+
+
+def report_skipped(paths: list[Path], skipped: dict[int, str], desc: str) -> None:
+    """One summary line of what was skipped and why, after the per-file warnings."""
+    if not skipped:
+        return
+    kinds = Counter(reason.split(" (")[0] for reason in skipped.values())
+    summary = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+    print(f"{desc}: skipped {len(skipped)} of {len(paths)} files ({summary})", file=sys.stderr)
