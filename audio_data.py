@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -363,3 +364,31 @@ def report_skipped(paths: list[Path], skipped: dict[int, str], desc: str) -> Non
     kinds = Counter(reason.split(" (")[0] for reason in skipped.values())
     summary = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common())
     print(f"{desc}: skipped {len(skipped)} of {len(paths)} files ({summary})", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_output(path: str | Path):
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    So a crash, a full disk or Ctrl-C never leaves a half-written file where the
+    user expects a good one, nor destroys the previous version. The temporary
+    name keeps the suffix, for libraries that pick the format from it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; outputs should not be
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,42 @@
+"""The CNN of train_classifier.py: log-mel spectrogram in, class probabilities out."""
+import keras
+from keras import layers
+
+
+def conv_block(x, filters: int, dropout: float):
+    """Two 3x3 convolutions with batch norm, then 2x2 max-pooling and dropout."""
+    for _ in range(2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+        # Momentum 0.9, not 0.99: on a few thousand clips there are too few steps
+        # for slower running statistics to settle, and validation would suffer.
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+    x = layers.MaxPooling2D(2, padding="same")(x)
+    return layers.SpatialDropout2D(dropout)(x)
+
+
+def build_cnn(n_mels: int, n_frames: int, n_classes: int, mean: float, variance: float,
+              width: int = 32, blocks: int = 4, dropout: float = 0.3) -> keras.Model:
+    """A VGG-style CNN; channels double with each block.
+
+    The input is the raw dB spectrogram; normalisation with the training set's
+    statistics is the first layer, so a saved model needs nothing else to predict.
+    After the convolutions, the frequency axis is folded into the channels and
+    only time is pooled (mean and max): where a sound sits in frequency matters,
+    when it happens in the clip does not.
+    """
+    inputs = keras.Input(shape=(n_mels, n_frames), name="log_mel_db")
+    x = layers.Reshape((n_mels, n_frames, 1))(inputs)
+    x = layers.Normalization(axis=None, mean=mean, variance=variance)(x)
+    for i in range(blocks):
+        x = conv_block(x, width * 2**i, dropout * (i + 1) / blocks)
+    freq, time, channels = x.shape[1], x.shape[2], x.shape[3]
+    x = layers.Permute((2, 1, 3))(x)
+    x = layers.Reshape((time, freq * channels))(x)
+    x = layers.Concatenate()([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)])
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    # float32 output keeps softmax stable under mixed precision.
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="class_probs")(x)
+    return keras.Model(inputs, outputs, name="cnn")

@@ -1,0 +1,167 @@
+"""train_classifier.py end to end on generated clips, with a tiny config."""
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+import train_classifier as tc
+from conftest import ROOT, make_tone_dataset, tone
+
+TINY = ["--sr", "8000", "--duration", "0.5", "--n-mels", "16", "--n-fft", "256", "--hop-length", "128",
+        "--width", "8", "--batch-size", "8", "--workers", "1"]
+CLASSES = ("low", "mid", "high")
+FREQS = {"low": 200.0, "mid": 600.0, "high": 1800.0}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Three tone classes for training; a test folder with an answer key and two undecodable files."""
+    root = tmp_path_factory.mktemp("data")
+    make_tone_dataset(root / "train", classes=CLASSES, per_class=16)
+    key = []
+    for i in range(12):
+        name = CLASSES[i % 3]
+        tone(root / "test" / f"{i + 1}.wav", freq=FREQS[name] * (1.03 + 0.02 * (i % 4)), sr=11025,
+             seconds=0.4, channels=1 + i % 2)
+        key.append((f"{i + 1}.wav", name))
+    (root / "test" / "13.wav").write_bytes(b"")
+    (root / "test" / "14.wav").write_bytes(b"RIFF\x00\x00garbage")
+    (root / "test" / "._1.wav").write_bytes(bytes(100))
+    pd.DataFrame(key, columns=["ID", "Class"]).to_csv(root / "key.csv", index=False)
+    return root
+
+
+def run(data, out, *extra):
+    return tc.main(["--train-dir", str(data / "train"), "--test-dir", str(data / "test"), "--out", str(out),
+                    *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    assert run(data, out, "--epochs", "30", "--seed", "1") == 0
+    return out
+
+
+def test_submission_has_a_row_for_every_test_file(trained):
+    sub = pd.read_csv(trained / "submission_cnn_v2.csv", dtype=str)
+    assert list(sub.columns) == ["ID", "Class"]
+    assert list(sub.ID) == [f"{i}.wav" for i in range(1, 15)]  # natural order; ._ file ignored
+    assert set(sub.Class) <= set(CLASSES)
+
+
+def test_undecodable_test_files_get_the_most_frequent_class(trained):
+    sub = pd.read_csv(trained / "submission_cnn_v2.csv", dtype=str).set_index("ID")
+    assert sub.loc["13.wav", "Class"] == sub.loc["14.wav", "Class"] == "high"  # ties: first class in order
+
+
+def test_a_learnable_set_is_learned(data, trained):
+    sub = pd.read_csv(trained / "submission_cnn_v2.csv", dtype=str).set_index("ID")["Class"]
+    key = pd.read_csv(data / "key.csv", dtype=str)
+    accuracy = (key.ID.map(sub) == key.Class).mean()
+    assert accuracy >= 0.75, accuracy  # chance is 1/3
+
+
+def test_all_outputs_are_written_and_no_temporary_files_remain(trained):
+    for name in ["classifier.keras", "classifier.json", "history.csv", "training_curves.png",
+                 "confusion_matrix.png", "classification_report.txt", "submission_cnn_v2.csv"]:
+        assert (trained / name).stat().st_size > 0, name
+    assert not [p for p in trained.iterdir() if p.name.startswith(".")]
+    assert not (trained / "train_state").exists()
+    history = pd.read_csv(trained / "history.csv")
+    assert {"loss", "val_loss", "accuracy", "val_accuracy"} <= set(history.columns)
+    assert "low" in (trained / "classification_report.txt").read_text()
+
+
+def test_saved_model_predicts_the_same_submission(data, trained, tmp_path):
+    assert run(data, tmp_path, "--model", str(trained / "classifier.keras")) == 0
+    assert (tmp_path / "submission_cnn_v2.csv").read_text() == (trained / "submission_cnn_v2.csv").read_text()
+
+
+def test_same_seed_same_submission(data, trained, tmp_path):
+    assert run(data, tmp_path, "--epochs", "30", "--seed", "1") == 0
+    assert (tmp_path / "submission_cnn_v2.csv").read_text() == (trained / "submission_cnn_v2.csv").read_text()
+
+
+def test_drop_extension_and_train_only(data, trained, tmp_path):
+    assert run(data, tmp_path, "--model", str(trained / "classifier.keras"), "--drop-extension") == 0
+    assert pd.read_csv(tmp_path / "submission_cnn_v2.csv", dtype=str).ID.tolist()[:3] == ["1", "2", "3"]
+    only = tmp_path / "train_only"
+    assert run(data, only, "--epochs", "1", "--train-only") == 0
+    assert (only / "classifier.keras").exists() and not (only / "submission_cnn_v2.csv").exists()
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "train_classifier.py"), *TINY, *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_missing_test_folder_is_an_error_after_the_model_is_saved(data, tmp_path):
+    res = run_cli("--train-dir", str(data / "train"), "--test-dir", str(tmp_path / "nope"),
+                  "--out", str(tmp_path / "out"), "--epochs", "1")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: test folder")
+    assert (tmp_path / "out" / "classifier.keras").exists()
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("missing", "does not exist"),
+    ("one_class", "at least 2 classes"),
+    ("all_broken", "at least 2 classes"),
+])
+def test_unusable_training_data_is_a_one_line_error(tmp_path, layout, message):
+    train = tmp_path / "train"
+    if layout == "one_class":
+        tone(train / "only" / "a.wav")
+        tone(train / "only" / "b.wav")
+        (train / "other").mkdir()
+        (train / "other" / "x.wav").write_bytes(b"")
+    elif layout == "all_broken":
+        for c in ("a", "b"):
+            (train / c).mkdir(parents=True)
+            (train / c / "x.wav").write_bytes(b"not audio at all")
+            sf.write(train / c / "silent.wav", np.zeros(800), 8000)
+    res = run_cli("--train-dir", str(train), "--out", str(tmp_path / "out"), "--epochs", "1")
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last
+
+
+def test_split_is_stratified_disjoint_and_keeps_recordings_together(tmp_path):
+    from pathlib import Path
+    y = np.repeat([0, 1, 2], 20)
+    paths = [Path(f"{rec}-{i}.wav") for rec, i in zip(np.arange(60) // 4, range(60))]
+    train, val = tc.split_train_val(y, paths, 0.25, None, seed=0)
+    assert not set(train) & set(val) and len(train) + len(val) == 60
+    assert np.bincount(y[val]).tolist() == [5, 5, 5]
+    train, val = tc.split_train_val(y, paths, 0.25, r"^(\d+)-", seed=0)
+    recording = lambda idx: {paths[i].name.split("-")[0] for i in idx}  # noqa: E731
+    assert not recording(train) & recording(val) and len(val) > 0
+
+
+def test_interrupted_run_resumes(data, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "train_classifier.py"), *TINY, "--train-dir", str(data / "train"),
+           "--test-dir", str(data / "test"), "--out", str(out), "--epochs", "40", "--patience", "100"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "train_state" / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 4):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # a few epochs in
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "resume" in err and "Traceback" not in err
+    done_before = len(pd.read_csv(out / "train_state" / "history.csv"))
+    assert 0 < done_before < 40
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resuming the interrupted run" in res.stdout
+    history = pd.read_csv(out / "history.csv")
+    assert history.epoch.tolist() == list(range(40))

@@ -1,0 +1,407 @@
+"""Train a CNN on log-mel spectrograms of labelled clips, then predict a folder of test clips.
+
+    python train_classifier.py --train-dir data/train --test-dir data/test
+
+Training clips live in one folder per class (data/train/<class>/*.wav); test clips
+in one folder (data/test/*.wav). Writes, to --out: submission_cnn_v2.csv (ID,Class,
+one row for every test file), classifier.keras with classifier.json (classes and
+feature settings: what --model needs to predict again), history.csv,
+training_curves.png, confusion_matrix.png and classification_report.txt.
+
+A killed run resumes where it stopped when the same command is run again.
+"""
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
+
+import keras  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, classification_report, f1_score  # noqa: E402
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split  # noqa: E402
+from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
+
+import audio_data as ad  # noqa: E402
+from cnn_model import build_cnn  # noqa: E402
+from spec_augment import SpecAugmenter, mixup  # noqa: E402
+
+SUBMISSION = "submission_cnn_v2.csv"
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog="A killed run resumes when the same command is run again.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data and outputs")
+    g.add_argument("--train-dir", default="data/train", help="one sub-folder of clips per class")
+    g.add_argument("--test-dir", default="data/test", help="clips to predict (flat or nested)")
+    g.add_argument("--out", default="outputs", help="folder for the submission, model and reports")
+    g.add_argument("--model", help="predict only: a saved classifier.keras (its .json must sit beside it)")
+    g.add_argument("--train-only", action="store_true", help="train and save the model, predict nothing")
+    g.add_argument("--drop-extension", action="store_true", help="submission IDs without the file extension (1.wav -> 1)")
+    g.add_argument("--group-regex", help="keep clips of one recording on one side of the validation split; "
+                   "the regex's first group (or whole match) on the file name names the recording, "
+                   r"e.g. '^(\d+)-' for UrbanSound8K names like 100032-3-0-0.wav")
+    g.add_argument("--workers", type=int, default=None, help="processes decoding audio (default: all cores)")
+    g = p.add_argument_group("features")
+    g.add_argument("--sr", type=int, default=22050, help="sample rate every clip is resampled to")
+    g.add_argument("--duration", type=float, default=4.0, help="seconds per clip: longer clips are cropped, shorter padded")
+    g.add_argument("--n-mels", type=int, default=128, help="mel bands")
+    g.add_argument("--n-fft", type=int, default=2048, help="STFT window length in samples")
+    g.add_argument("--hop-length", type=int, default=512, help="STFT hop in samples")
+    g.add_argument("--fmin", type=float, default=0.0, help="lowest mel frequency (Hz)")
+    g.add_argument("--fmax", type=float, default=None, help="highest mel frequency (Hz; default sr/2)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=60, help="most epochs; early stopping usually ends sooner")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (halved on plateaus)")
+    g.add_argument("--patience", type=int, default=10, help="epochs without validation improvement before stopping")
+    g.add_argument("--val-split", type=float, default=0.2, help="fraction held out for validation (stratified); 0 trains on all")
+    g.add_argument("--width", type=int, default=32, help="filters of the first conv block (doubles per block)")
+    g.add_argument("--dropout", type=float, default=0.3)
+    g.add_argument("--augment", type=float, default=1.0, help="augmentation strength: 0 off, 1 default ranges, 2 double")
+    g.add_argument("--mixup", type=float, default=0.2, help="mixup alpha; 0 turns mixup off")
+    g.add_argument("--seed", type=int, default=0, help="same seed, same result (on the CPU)")
+    g.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU (ignored on the CPU)")
+    return p.parse_args(argv)
+
+
+def feature_config(args) -> ad.FeatureConfig:
+    return ad.FeatureConfig(sr=args.sr, duration=args.duration, n_fft=args.n_fft, hop_length=args.hop_length,
+                            n_mels=args.n_mels, fmin=args.fmin, fmax=args.fmax)
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+def load_training_set(args, cfg, cache_dir):
+    """Features of every usable training clip: (features, rows, labels, classes, paths)."""
+    paths, labels = ad.find_labelled_clips(args.train_dir)
+    feats = ad.extract_features(paths, cfg, cache_dir, desc="train", workers=args.workers)
+    paths, labels, classes, rows = ad.keep_usable_classes(paths, labels, feats.ok)
+    y = np.array([classes.index(name) for name in labels])
+    return feats.x, rows, y, classes, paths
+
+
+def recording_of(path: Path, pattern) -> str:
+    m = pattern.search(path.name)
+    if not m:
+        return path.name
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def split_train_val(y, paths, val_split, group_regex, seed):
+    """Stratified train/validation split, made before any augmentation so none can leak.
+
+    With --group-regex, clips of one recording stay together on one side. Classes
+    too small to be on both sides go to training only.
+    """
+    idx = np.arange(len(y))
+    if val_split <= 0:
+        return idx, idx[:0]
+    if group_regex:
+        groups = [recording_of(p, re.compile(group_regex)) for p in paths]
+        folds = StratifiedGroupKFold(n_splits=max(2, round(1 / val_split)), shuffle=True, random_state=seed)
+        try:
+            train, val = next(folds.split(idx, y, groups))
+        except ValueError as e:
+            raise ad.DataError(f"cannot split by --group-regex: {e}") from None
+        return train, val
+    counts = np.bincount(y)
+    rare = counts[y] < 2
+    for c in np.flatnonzero((counts > 0) & (counts < 2)):
+        ad.warn(f"class {c} has a single clip: it is used for training only")
+    n_classes = int((counts >= 2).sum())
+    n_val = max(math.ceil(val_split * (~rare).sum()), n_classes)
+    if (~rare).sum() - n_val < n_classes:
+        ad.warn(f"too few clips ({len(y)}) for a validation split: training on all, without validation")
+        return idx, idx[:0]
+    train, val = train_test_split(idx[~rare], test_size=n_val, stratify=y[~rare], random_state=seed)
+    return np.sort(np.r_[train, idx[rare]]), np.sort(val)
+
+
+def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0, seed=0):
+    """Batches of (log-mel, one-hot) read by row from the memory-mapped features.
+
+    Training batches (augmenter given) are shuffled and repeated endlessly, and
+    each one is augmented with its own stateless seed: (seed, batch counter).
+    """
+    n_mels, n_frames = x.shape[1:]
+    ds = tf.data.Dataset.from_tensor_slices((rows, y_onehot))
+    if augmenter is not None:
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.batch(batch_size)
+
+    def read(r, y):
+        xb = tf.numpy_function(lambda r: np.asarray(x[r]), [r], tf.float32)
+        return tf.ensure_shape(xb, (None, n_mels, n_frames)), y
+
+    ds = ds.map(read)
+    if augmenter is not None:
+        def augment(batch, i):
+            s = tf.stack([tf.constant(seed, tf.int64), i])
+            xb, yb = batch
+            return mixup(augmenter(xb, s), yb, s + 1, mixup_alpha)
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter()).map(augment)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def feature_stats(x, rows, chunk=512):
+    """Mean and variance of the training features, in chunks: the memory map is never loaded whole."""
+    total = total_sq = 0.0
+    for start in range(0, len(rows), chunk):
+        part = np.asarray(x[rows[start:start + chunk]], dtype=np.float64)
+        total += part.sum()
+        total_sq += np.square(part).sum()
+    n = len(rows) * x.shape[1] * x.shape[2]
+    mean = total / n
+    return mean, max(total_sq / n - mean**2, 1e-6)
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+
+def prepare_state_dir(state: Path, run_settings: dict) -> bool:
+    """Keep an interrupted run's state only if it was made with the same settings; True if resuming."""
+    settings_file = state / "run.json"
+    if state.exists():
+        same = settings_file.exists() and json.loads(settings_file.read_text()) == run_settings
+        if same and (state / "backup").exists():
+            print(f"resuming the interrupted run saved in {state}")
+            return True
+        if not same and (state / "backup").exists():
+            ad.warn(f"settings differ from the interrupted run in {state}: starting afresh")
+        shutil.rmtree(state)
+    state.mkdir(parents=True)
+    settings_file.write_text(json.dumps(run_settings, indent=2))
+    return False
+
+
+def train(args, x, rows, y, classes, train_idx, val_idx, state: Path):
+    n_classes = len(classes)
+    onehot = np.eye(n_classes, dtype=np.float32)[y]
+    mean, variance = feature_stats(x, rows[train_idx])
+    cfg = feature_config(args)
+    model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout)
+    model.compile(optimizer=keras.optimizers.Adam(args.lr), loss="categorical_crossentropy", metrics=["accuracy"])
+
+    augmenter = SpecAugmenter(cfg, strength=args.augment)
+    train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], args.batch_size, augmenter, args.mixup, args.seed)
+    has_val = len(val_idx) > 0
+    val_ds = make_dataset(x, rows[val_idx], onehot[val_idx], args.batch_size) if has_val else None
+    monitor = "val_loss" if has_val else "loss"
+
+    counts = np.bincount(y[train_idx], minlength=n_classes)
+    class_weight = None
+    if counts.max() > 1.5 * max(counts.min(), 1):
+        weights = compute_class_weight("balanced", classes=np.arange(n_classes), y=y[train_idx])
+        class_weight = dict(enumerate(weights))
+        print(f"classes are unbalanced ({counts.min()} to {counts.max()} training clips): using class weights")
+
+    # The log comes before the backup: a run killed between the two repeats an
+    # epoch's row (deduplicated later) instead of losing it.
+    callbacks = [
+        keras.callbacks.CSVLogger(str(state / "history.csv"), append=True),
+        keras.callbacks.BackupAndRestore(str(state / "backup")),
+        keras.callbacks.ModelCheckpoint(str(state / "best.keras"), monitor=monitor, save_best_only=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(2, args.patience // 3), min_lr=1e-5),
+    ]
+    print(f"training on {len(train_idx)} clips, validating on {len(val_idx)}; "
+          f"{model.count_params():,} parameters; up to {args.epochs} epochs")
+    model.fit(train_ds, steps_per_epoch=math.ceil(len(train_idx) / args.batch_size), epochs=args.epochs,
+              validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, shuffle=False,
+              verbose=1 if sys.stdout.isatty() else 2)
+    return model
+
+
+# ----------------------------------------------------------------------------
+# Reports
+# ----------------------------------------------------------------------------
+
+def plot_history(history: pd.DataFrame, path: Path):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ["loss", "accuracy"]):
+        ax.plot(history["epoch"] + 1, history[metric], label="train (augmented)")
+        if f"val_{metric}" in history:
+            ax.plot(history["epoch"] + 1, history[f"val_{metric}"], label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    fig.tight_layout()
+    with ad.atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def report_validation(model, x, rows, y, classes, batch_size, out: Path) -> dict:
+    """Per-class precision/recall/F1 and the confusion matrix on the validation split."""
+    probs = model.predict(make_dataset(x, rows, np.zeros((len(rows), len(classes)), np.float32), batch_size), verbose=0)
+    pred = probs.argmax(axis=1)
+    text = classification_report(y, pred, labels=range(len(classes)), target_names=classes, digits=3, zero_division=0)
+    with ad.atomic_output(out / "classification_report.txt") as tmp:
+        tmp.write_text(text)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
+    ConfusionMatrixDisplay.from_predictions(y, pred, labels=range(len(classes)), display_labels=classes,
+                                            ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title("validation")
+    fig.tight_layout()
+    with ad.atomic_output(out / "confusion_matrix.png") as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return {"val_accuracy": float((pred == y).mean()), "val_macro_f1": float(f1_score(y, pred, average="macro"))}
+
+
+# ----------------------------------------------------------------------------
+# Saving, loading and predicting
+# ----------------------------------------------------------------------------
+
+def save_model(model, meta: dict, out: Path) -> Path:
+    with ad.atomic_output(out / "classifier.keras") as tmp:
+        model.save(tmp)
+    with ad.atomic_output(out / "classifier.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+    return out / "classifier.keras"
+
+
+def load_saved_model(path: str):
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not path.exists() or not meta_path.exists():
+        raise ad.DataError(f"--model needs {path} and {meta_path} (both are written by a training run)")
+    return keras.models.load_model(path), json.loads(meta_path.read_text())
+
+
+def natural_key(text: str):
+    """Sort 2.wav before 10.wav."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
+    """Write the submission: one row for every audio file in the test folder.
+
+    A file that cannot be decoded still gets a row, with the most frequent
+    training class, and a warning naming it.
+    """
+    test_dir = Path(args.test_dir)
+    if not test_dir.is_dir():
+        raise ad.DataError(f"test folder {test_dir} does not exist")
+    paths = ad.find_audio_files(test_dir)
+    if not paths:
+        raise ad.DataError(f"no audio files in test folder {test_dir}")
+    cfg = ad.FeatureConfig.from_dict(meta["features"])
+    feats = ad.extract_features(paths, cfg, cache_dir, desc="test", workers=args.workers)
+    classes = meta["classes"]
+    fallback = classes[int(np.argmax(meta["train_counts"]))]
+    predicted = np.full(len(paths), fallback, dtype=object)
+    ok_rows = np.flatnonzero(feats.ok)
+    if len(ok_rows):
+        dummy = np.zeros((len(ok_rows), len(classes)), np.float32)
+        probs = model.predict(make_dataset(feats.x, ok_rows, dummy, args.batch_size), verbose=0)
+        predicted[ok_rows] = np.array(classes, dtype=object)[probs.argmax(axis=1)]
+    for i in sorted(feats.skipped):
+        ad.warn(f"{paths[i]} could not be decoded: predicted the most frequent class '{fallback}'")
+    ids = [p.relative_to(test_dir).as_posix() for p in paths]
+    if args.drop_extension:
+        ids = [str(Path(i).with_suffix("")) for i in ids]
+    submission = pd.DataFrame({"ID": ids, "Class": predicted})
+    submission = submission.sort_values("ID", key=lambda s: s.map(natural_key)).reset_index(drop=True)
+    with ad.atomic_output(Path(args.out) / SUBMISSION) as tmp:
+        submission.to_csv(tmp, index=False)
+    return Path(args.out) / SUBMISSION, len(paths), len(feats.skipped)
+
+
+# ----------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------
+
+def set_up_device(args):
+    keras.utils.set_random_seed(args.seed)
+    if tf.config.list_physical_devices("GPU"):
+        if args.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+    else:
+        tf.config.experimental.enable_op_determinism()  # same seed, same submission on the CPU
+        if args.mixed_precision:
+            ad.warn("--mixed-precision needs a GPU; training in float32")
+
+
+def run(args):
+    start = time.time()
+    out = Path(args.out)
+    cache_dir = out / "cache"
+    set_up_device(args)
+    if args.model:
+        model, meta = load_saved_model(args.model)
+        path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)
+        print(f"wrote {path}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
+        return
+
+    cfg = feature_config(args)
+    if not args.train_only and not Path(args.test_dir).is_dir():
+        ad.warn(f"test folder {args.test_dir} does not exist: the model will be trained and saved, "
+                f"but no submission written (use --train-only to train on purpose)")
+    x, rows, y, classes, paths = load_training_set(args, cfg, cache_dir)
+    train_idx, val_idx = split_train_val(y, paths, args.val_split, args.group_regex, args.seed)
+    print(f"{len(y)} usable clips in {len(classes)} classes: {', '.join(classes)}")
+
+    state = out / "train_state"
+    settings = {k: v for k, v in vars(args).items() if k not in ("workers", "train_only", "test_dir", "drop_extension")}
+    prepare_state_dir(state, {**settings, "features": cfg.to_dict(), "n_clips": len(y)})
+    model = train(args, x, rows, y, classes, train_idx, val_idx, state)
+
+    history = pd.read_csv(state / "history.csv").drop_duplicates("epoch", keep="last")
+    with ad.atomic_output(out / "history.csv") as tmp:
+        history.to_csv(tmp, index=False)
+    plot_history(history, out / "training_curves.png")
+    scores = report_validation(model, x, rows[val_idx], y[val_idx], classes, args.batch_size, out) if len(val_idx) else {}
+    meta = {"classes": classes, "features": cfg.to_dict(), "train_counts": np.bincount(y).tolist(),
+            "epochs_run": int(len(history)), **scores}
+    model_path = save_model(model, meta, out)
+    shutil.rmtree(state, ignore_errors=True)
+
+    print(f"\nsaved {model_path} (+ classifier.json), history.csv, training_curves.png"
+          + (", confusion_matrix.png, classification_report.txt" if scores else "") + f" in {out}")
+    if scores:
+        print(f"validation: accuracy {scores['val_accuracy']:.3f}, macro F1 {scores['val_macro_f1']:.3f} "
+              f"on {len(val_idx)} clips")
+    if not args.train_only:
+        path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)
+        print(f"wrote {path}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
+    print(f"done in {time.time() - start:.0f} s")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ad.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume training", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
