@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := data/demo
+OUT := outputs
+# CPU-friendly settings for the demo's short drum hits; the scripts' defaults serve real data on a GPU.
+DEMO_FEATURES := --sr 16000 --duration 1.5 --n-mels 64 --n-fft 1024 --hop-length 256
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test bench venv clean
 
 # Rebuilt only when the requirements change; pip's per-package index warnings are noise here.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -19,9 +22,15 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) make_demo_data.py --out $(DEMO)
+	$(PY) train_classifier.py --train-dir $(DEMO)/train --test-dir $(DEMO)/test --out $(OUT) \
+		$(DEMO_FEATURES) --epochs 15 --width 16
+	$(PY) score_submission.py $(OUT)/submission_cnn_v2.csv $(DEMO)/test_labels.csv
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/bench_augment.py
 
 clean:
 	rm -rf outputs/cache $(DEMO)
