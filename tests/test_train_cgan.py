@@ -1,0 +1,128 @@
+"""train_cgan.py end to end on generated clips, with a tiny config; and the inversion on a real signal."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+import audio_data as ad
+import train_cgan as tg
+from conftest import ROOT, make_tone_dataset, tone
+
+TINY = ["--sr", "8000", "--duration", "0.5", "--n-mels", "16", "--n-fft", "256", "--hop-length", "64",
+        "--width", "8", "--latent-dim", "8", "--batch-size", "4", "--workers", "1", "--gl-iters", "16",
+        "--samples-per-class", "3", "--sample-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_tone_dataset(tmp_path_factory.mktemp("data") / "train", per_class=5)
+
+
+def run(data, out, *extra):
+    return tg.main(["--data-dir", str(data), "--out", str(out), *TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    assert run(data, out, "--epochs", "2") == 0
+    return out
+
+
+def test_writes_valid_clips_per_class_at_the_right_rate_and_length(trained):
+    for name in ("high", "low"):
+        clips = sorted((trained / "generated" / name).glob("*.wav"))
+        assert [c.name for c in clips] == [f"{name}_{i:03d}.wav" for i in range(3)]
+        for clip in clips:
+            info = sf.info(clip)
+            assert (info.samplerate, info.frames, info.channels, info.subtype) == (8000, 4000, 1, "PCM_16")
+            wave, _ = sf.read(clip)
+            assert np.isfinite(wave).all()
+            assert 0.5 < np.abs(wave).max() < 0.95  # audible, never clipped
+            assert wave.std() > 0.01  # not silent
+
+
+def test_training_writes_its_records(trained):
+    losses = (trained / "losses.csv").read_text().splitlines()
+    assert losses[0] == "epoch,loss_d,loss_g" and len(losses) == 3
+    for name in ("losses.png", "generated_mels.png", "samples/epoch_0002.png", "cgan_checkpoint.pt"):
+        assert (trained / name).stat().st_size > 0, name
+    assert not [p for p in trained.rglob(".*")]  # no temporary files left
+
+
+def test_generate_only_samples_from_the_checkpoint(trained, tmp_path):
+    out = tmp_path / "gen"
+    assert tg.main(["--generate-only", "--checkpoint", str(trained / "cgan_checkpoint.pt"), "--out", str(out),
+                    "--samples-per-class", "2", "--gl-iters", "8"]) == 0
+    assert len(list((out / "generated").rglob("*.wav"))) == 4
+    assert not (out / "cgan_checkpoint.pt").exists()  # nothing trained
+
+
+def test_resumed_run_matches_an_uninterrupted_one(data, tmp_path):
+    assert run(data, tmp_path / "straight", "--epochs", "3") == 0
+    assert run(data, tmp_path / "resumed", "--epochs", "1") == 0
+    assert run(data, tmp_path / "resumed", "--epochs", "3", "--resume") == 0
+    a = torch.load(tmp_path / "straight" / "cgan_checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "cgan_checkpoint.pt", weights_only=False)
+    assert b["epoch"] == 3 and [h["epoch"] for h in b["history"]] == [1, 2, 3]
+    for key in a["G"]:
+        torch.testing.assert_close(a["G"][key], b["G"][key])
+
+
+@pytest.mark.parametrize("loss", ["bce", "wgan-gp"])
+def test_other_losses_train(data, tmp_path, loss):
+    assert run(data, tmp_path, "--epochs", "1", "--loss", loss) == 0
+    assert len(list((tmp_path / "generated").rglob("*.wav"))) == 6
+
+
+def spectral_convergence(reference, estimate, n_fft=1024, hop=256):
+    stft = lambda w: torch.stft(torch.as_tensor(w), n_fft, hop, window=torch.hann_window(n_fft), return_complex=True).abs()  # noqa: E731
+    s, e = stft(reference), stft(estimate)
+    return float(torch.linalg.norm(s - e) / torch.linalg.norm(s))
+
+
+def test_griffin_lim_round_trip_of_a_real_signal():
+    """A harmonic tone with a pitch glide and a noise burst, through log-mel and back."""
+    cfg = ad.FeatureConfig(sr=16000, duration=1.0, n_fft=1024, hop_length=256, n_mels=128)
+    t = np.arange(cfg.n_samples) / cfg.sr
+    f0 = 220 * 2 ** t
+    phase = 2 * np.pi * np.cumsum(f0) / cfg.sr
+    signal = sum(np.sin(k * phase) / k for k in range(1, 6)) * np.exp(-2 * t)
+    signal[8000:8800] += 0.3 * np.random.default_rng(0).standard_normal(800)
+    signal = (0.5 * signal / np.abs(signal).max()).astype(np.float32)
+    mel_db = torch.from_numpy(ad.log_mel(signal, cfg))[None]
+    rebuilt = tg.mel_to_audio(mel_db, cfg, gl_iters=64)[0].numpy()
+    assert np.isfinite(rebuilt).all()
+    sc = spectral_convergence(signal, ad.fix_length(rebuilt, cfg.n_samples))
+    assert sc < 0.35, sc
+    noise = np.random.default_rng(1).standard_normal(cfg.n_samples).astype(np.float32) * 0.1
+    assert spectral_convergence(signal, noise) > 1.0  # the bound means something
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "train_cgan.py"), *TINY, *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "does not exist"),
+    ("one_class", "at least 2 classes"),
+    ("no_checkpoint", "not found"),
+])
+def test_bad_input_is_a_one_line_error(tmp_path, case, message):
+    data = tmp_path / "train"
+    extra = ["--epochs", "1"]
+    if case == "one_class":
+        tone(data / "a" / "1.wav")
+        (data / "b").mkdir(parents=True)
+        (data / "b" / "broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    elif case == "no_checkpoint":
+        extra = ["--generate-only", "--checkpoint", str(tmp_path / "nope.pt")]
+    res = run_cli("--data-dir", str(data), "--out", str(tmp_path / "out"), *extra)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last

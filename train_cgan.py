@@ -1,0 +1,380 @@
+"""Train a class-conditional GAN on mel spectrograms of labelled clips; write new clips per class.
+
+    python train_cgan.py --data-dir data/train --epochs 100
+
+Clips live in one folder per class (data/train/<class>/*.wav). Every clip is
+resampled to --sr and padded or cropped to --duration seconds; its log-mel
+spectrogram, scaled to [-1, 1], is what the GAN learns. Generated spectrograms
+are turned back into sound with torchaudio's InverseMelScale and Griffin-Lim, at
+the same --sr the spectrograms were made at.
+
+Writes, to --out: cgan_checkpoint.pt (every epoch; --resume continues from it),
+losses.csv, losses.png, samples/epoch_NNNN.png (one row per class),
+generated/<class>/<class>_NNN.wav and generated_mels.png.
+"""
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchaudio  # noqa: E402
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import audio_data as ad  # noqa: E402
+from cgan_model import Discriminator, Generator  # noqa: E402
+
+CHECKPOINT = "cgan_checkpoint.pt"
+DYNAMIC_RANGE_DB = 80.0  # spectrogram levels kept below each data set's loudest bin
+
+
+# ----------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data and outputs")
+    g.add_argument("--data-dir", default="data/train", help="one sub-folder of clips per class")
+    g.add_argument("--out", default="outputs", help="folder for checkpoint, plots and generated clips")
+    g.add_argument("--workers", type=int, default=None, help="processes decoding audio (default: all cores)")
+    g = p.add_argument_group("features")
+    g.add_argument("--sr", type=int, default=22050, help="sample rate of the spectrograms and of the written clips")
+    g.add_argument("--duration", type=float, default=2.0, help="seconds per clip; the frame count derives from it")
+    g.add_argument("--n-mels", type=int, default=128, help="mel bands")
+    g.add_argument("--n-fft", type=int, default=1024, help="STFT window length in samples")
+    g.add_argument("--hop-length", type=int, default=256, help="STFT hop in samples")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--latent-dim", type=int, default=100, help="size of the noise vector")
+    g.add_argument("--width", type=int, default=64, help="channels of the models' widest-but-one layer")
+    g.add_argument("--loss", choices=["hinge", "bce", "wgan-gp"], default="hinge",
+                   help="hinge: stable with spectral norm; bce: the classic GAN loss; wgan-gp: Wasserstein with gradient penalty")
+    g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of both models")
+    g.add_argument("--ema", type=float, default=0.999, help="decay of the generator's moving average, used for sampling")
+    g.add_argument("--sample-every", type=int, default=5, help="write a sample grid every N epochs")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out (or --checkpoint)")
+    g = p.add_argument_group("generation")
+    g.add_argument("--samples-per-class", type=int, default=10, help="clips written per class")
+    g.add_argument("--gl-iters", type=int, default=64, help="Griffin-Lim iterations")
+    g.add_argument("--checkpoint", help="checkpoint to resume or generate from (default: OUT/cgan_checkpoint.pt)")
+    g.add_argument("--generate-only", action="store_true", help="skip training: sample from --checkpoint")
+    return p.parse_args(argv)
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ad.DataError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    return torch.device("cuda" if choice == "auto" and torch.cuda.is_available() else choice if choice != "auto" else "cpu")
+
+
+# ----------------------------------------------------------------------------
+# Data: log-mels scaled to [-1, 1]
+# ----------------------------------------------------------------------------
+
+def load_spectrograms(args, cfg):
+    """All usable clips as normalised spectrograms (N, 1, n_mels, n_frames), their labels and classes."""
+    paths, labels = ad.find_labelled_clips(args.data_dir)
+    feats = ad.extract_features(paths, cfg, Path(args.out) / "cache", desc="train", workers=args.workers)
+    paths, labels, classes, rows = ad.keep_usable_classes(paths, labels, feats.ok)
+    x = np.asarray(feats.x[rows])
+    # The dB range is fixed per data set, not per clip, so relative loudness survives.
+    top = float(np.ceil(x.max()))
+    scale = {"top_db": top, "range_db": DYNAMIC_RANGE_DB}
+    y = np.array([classes.index(c) for c in labels])
+    return torch.from_numpy(normalise(x, scale)[:, None]), torch.from_numpy(y), classes, scale
+
+
+def normalise(db, scale):
+    return (np.clip(db, scale["top_db"] - scale["range_db"], scale["top_db"]) - scale["top_db"]) / (scale["range_db"] / 2) + 1
+
+
+def denormalise(x, scale):
+    return (x - 1) * (scale["range_db"] / 2) + scale["top_db"]
+
+
+# ----------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------
+
+def d_loss(kind, real_logits, fake_logits):
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    if kind == "bce":
+        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    return fake_logits.mean() - real_logits.mean()
+
+
+def g_loss(kind, fake_logits):
+    if kind == "bce":  # the non-saturating form: strong gradients while D is winning
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    return -fake_logits.mean()
+
+
+def gradient_penalty(D, real, fake, labels):
+    eps = torch.rand(real.size(0), 1, 1, 1, device=real.device)
+    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    grad, = torch.autograd.grad(D(mix, labels).sum(), mix, create_graph=True)
+    return 10.0 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+def translate_time(x, max_frac=0.125):
+    """Differentiable augmentation for D (same shift for real and fake batches): fights D
+    over-fitting, the usual cause of collapse on small data sets."""
+    shift = int(torch.randint(-int(max_frac * x.size(-1)), int(max_frac * x.size(-1)) + 1, ()).item())
+    return torch.roll(x, shift, dims=-1)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------
+
+def save_checkpoint(path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rng):
+    state = {"G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(),
+             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history,
+             "meta": meta, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                   "python": random.getstate(), "data": data_rng.get_state(),
+                                   "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
+    with ad.atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path):
+    if not Path(path).exists():
+        raise ad.DataError(f"checkpoint {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a file that is not one of ours
+        raise ad.DataError(f"cannot read checkpoint {path}: {e}") from None
+
+
+def build_models(meta, device):
+    cfg = ad.FeatureConfig.from_dict(meta["features"])
+    n_classes, args = len(meta["classes"]), meta["model"]
+    G = Generator(n_classes, cfg.n_mels, cfg.n_frames, args["latent_dim"], args["width"]).to(device)
+    D = Discriminator(n_classes, args["width"]).to(device)
+    ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(args["ema"]), use_buffers=True)
+    return G, D, ema
+
+
+# ----------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------
+
+def train(args, out: Path, device):
+    cfg = ad.FeatureConfig(sr=args.sr, duration=args.duration, n_fft=args.n_fft, hop_length=args.hop_length,
+                           n_mels=args.n_mels)
+    checkpoint_path = Path(args.checkpoint or out / CHECKPOINT)
+    state = load_checkpoint(checkpoint_path) if args.resume else None
+    if state:
+        cfg = ad.FeatureConfig.from_dict(state["meta"]["features"])  # the run's own settings win
+    elif checkpoint_path.exists():
+        ad.warn(f"{checkpoint_path} exists: starting afresh; it is replaced after the first epoch "
+                f"(use --resume to continue it instead)")
+    x, y, classes, scale = load_spectrograms(args, cfg)
+    if state and state["meta"]["classes"] != classes:
+        raise ad.DataError(f"the classes in {args.data_dir} differ from the checkpoint's: {state['meta']['classes']}")
+    meta = state["meta"] if state else {
+        "classes": classes, "features": cfg.to_dict(), "scale": scale,
+        "model": {"latent_dim": args.latent_dim, "width": args.width, "ema": args.ema, "loss": args.loss}}
+    loss_kind = meta["model"]["loss"]
+    G, D, ema = build_models(meta, device)
+    betas = (0.0, 0.9) if loss_kind == "wgan-gp" else (0.5, 0.999)
+    opt_g = torch.optim.Adam(G.parameters(), args.lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), args.lr, betas=betas)
+    data_rng = torch.Generator().manual_seed(args.seed)
+    history, start_epoch = [], 1
+    if state:
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        ema.load_state_dict(state["ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        history, start_epoch = state["history"], state["epoch"] + 1
+        restore_rng(state["rng"], data_rng)
+        print(f"resuming {checkpoint_path} after epoch {state['epoch']}")
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True, generator=data_rng,
+                        drop_last=len(x) > args.batch_size)
+    print(f"{len(x)} clips in {len(classes)} classes ({', '.join(classes)}); spectrograms {cfg.n_mels}x{cfg.n_frames}; "
+          f"G {sum(p.numel() for p in G.parameters()):,} / D {sum(p.numel() for p in D.parameters()):,} parameters; "
+          f"{loss_kind} loss on {device}")
+    fixed_z = torch.randn(len(classes) * 4, meta["model"]["latent_dim"], generator=torch.Generator().manual_seed(args.seed))
+    fixed_labels = torch.arange(len(classes)).repeat_interleave(4)
+    for epoch in range(start_epoch, args.epochs + 1):
+        sums = np.zeros(3)
+        for real, labels in tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True):
+            real, labels = real.to(device), labels.to(device)
+            z = torch.randn(len(real), meta["model"]["latent_dim"], device=device)
+            fake = G(z, labels)
+            loss_d = d_loss(loss_kind, D(translate_time(real), labels), D(translate_time(fake.detach()), labels))
+            if loss_kind == "wgan-gp":
+                loss_d = loss_d + gradient_penalty(D, real, fake.detach(), labels)
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            loss_g = g_loss(loss_kind, D(translate_time(fake), labels))
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            ema.update_parameters(G)
+            sums += [loss_d.item(), loss_g.item(), 1]
+        history.append({"epoch": epoch, "loss_d": sums[0] / sums[2], "loss_g": sums[1] / sums[2]})
+        save_checkpoint(checkpoint_path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rng)
+        write_losses(history, out)
+        if epoch % args.sample_every == 0 or epoch == args.epochs:
+            with torch.no_grad():
+                ema.eval()
+                grid = ema(fixed_z.to(device), fixed_labels.to(device)).cpu()
+            plot_mels(denormalise(grid[:, 0].numpy(), meta["scale"]), classes, 4, out / "samples" / f"epoch_{epoch:04d}.png",
+                      f"epoch {epoch}")
+        print(f"epoch {epoch}/{args.epochs}: loss D {history[-1]['loss_d']:.3f}, G {history[-1]['loss_g']:.3f}")
+    return checkpoint_path
+
+
+def restore_rng(rng, data_rng):
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    data_rng.set_state(rng["data"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+# ----------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------
+
+def write_losses(history, out: Path):
+    frame = pd.DataFrame(history)
+    with ad.atomic_output(out / "losses.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(frame.epoch, frame.loss_d, label="discriminator")
+    ax.plot(frame.epoch, frame.loss_g, label="generator")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    with ad.atomic_output(out / "losses.png") as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def plot_mels(mels_db, classes, per_class, path, title):
+    """A grid of spectrograms, one row per class."""
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(2.2 * per_class, 1.5 * len(classes)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.imshow(mels_db[i], origin="lower", aspect="auto", cmap="magma")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i % per_class == 0:
+            ax.set_ylabel(classes[i // per_class], fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with ad.atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------
+# Generation: spectrogram -> sound
+# ----------------------------------------------------------------------------
+
+def mel_to_audio(mels_db: torch.Tensor, cfg: ad.FeatureConfig, gl_iters: int) -> torch.Tensor:
+    """Invert a batch of dB log-mels (as audio_data.log_mel makes them) to waveforms, on the CPU.
+
+    InverseMelScale solves the filterbank's least-squares problem (gelsd: the
+    default driver fails as 'not full rank' for many mels; it is CPU-only), then
+    Griffin-Lim with momentum estimates the phase.
+    """
+    power_mel = torch.pow(10.0, mels_db.double() / 10.0)
+    inverse_mel = torchaudio.transforms.InverseMelScale(
+        n_stft=cfg.n_fft // 2 + 1, n_mels=cfg.n_mels, sample_rate=cfg.sr, f_min=cfg.fmin, f_max=cfg.fmax,
+        norm="slaney", mel_scale="slaney", driver="gelsd").double()
+    griffin_lim = torchaudio.transforms.GriffinLim(
+        n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=2.0, n_iter=gl_iters, momentum=0.99).double()
+    with torch.no_grad():
+        power = inverse_mel(power_mel)
+        return griffin_lim(power).float()
+
+
+def generate(checkpoint_path, out: Path, samples_per_class: int, gl_iters: int, seed: int):
+    state = load_checkpoint(checkpoint_path)
+    meta = state["meta"]
+    cfg = ad.FeatureConfig.from_dict(meta["features"])
+    classes = meta["classes"]
+    _, _, ema = build_models(meta, torch.device("cpu"))
+    ema.load_state_dict(state["ema"])
+    ema.eval()
+    torch.manual_seed(seed)
+    labels = torch.arange(len(classes)).repeat_interleave(samples_per_class)
+    with torch.no_grad():
+        mels = ema(torch.randn(len(labels), meta["model"]["latent_dim"]), labels)[:, 0]
+    mels_db = denormalise(mels, meta["scale"])
+    waves = mel_to_audio(mels_db, cfg, gl_iters)
+    waves = torch.nan_to_num(waves)
+    for wave, label, i in zip(waves.numpy(), labels.tolist(), range(len(labels))):
+        wave = ad.fix_length(wave, cfg.n_samples)
+        wave = 0.89 * wave / max(np.abs(wave).max(), 1e-9)  # peak at -1 dBFS: audible, never clipped
+        name = classes[label]
+        with ad.atomic_output(out / "generated" / name / f"{name}_{i % samples_per_class:03d}.wav") as tmp:
+            sf.write(tmp, wave, cfg.sr, subtype="PCM_16")
+    shown = min(samples_per_class, 4)
+    pick = torch.cat([torch.arange(c * samples_per_class, c * samples_per_class + shown) for c in range(len(classes))])
+    plot_mels(mels_db[pick].numpy(), classes, shown, out / "generated_mels.png", "generated")
+    return len(labels)
+
+
+# ----------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------
+
+def run(args):
+    start = time.time()
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    if args.generate_only:
+        checkpoint_path = Path(args.checkpoint or out / CHECKPOINT)
+    else:
+        checkpoint_path = train(args, out, pick_device(args.device))
+    n = generate(checkpoint_path, out, args.samples_per_class, args.gl_iters, args.seed)
+    print(f"\nwrote {n} clips to {out / 'generated'}/<class>/, spectrograms in {out / 'generated_mels.png'}")
+    if not args.generate_only:
+        print(f"checkpoint {checkpoint_path}; losses in {out / 'losses.png'}; sample grids in {out / 'samples'}")
+    print(f"done in {time.time() - start:.0f} s")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ad.DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: continue with the same command plus --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
