@@ -25,6 +25,8 @@ demo: $(STAMP)
 	$(PY) train_classifier.py --train-dir $(DEMO)/train --test-dir $(DEMO)/test --out $(OUT) \
 		$(DEMO_FEATURES) --epochs 15 --width 16
 	$(PY) score_submission.py $(OUT)/submission_cnn_v2.csv $(DEMO)/test_labels.csv
+	$(PY) train_cgan.py --data-dir $(DEMO)/train --out $(OUT) --sr 16000 --duration 1.0 --n-mels 64 \
+		--epochs 60 --width 16 --samples-per-class 5 --sample-every 20
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -74,6 +74,23 @@ class FeatureConfig:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+def run_script(job, args, interrupted_hint: str) -> int:
+    """Run a script's job under the exit-status contract both scripts share.
+
+    0 when done; 1 with a one-line `error: ...` when the data cannot be used (never
+    a traceback: the message says what to fix); 130 on Ctrl-C, with how to go on.
+    """
+    try:
+        job(args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {interrupted_hint}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def warn(message: str) -> None:
     """One line on stderr that does not tear an active progress bar."""
     tqdm.write(f"warning: {message}", file=sys.stderr)

@@ -6,11 +6,29 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """Batch norm whose scale and shift are learned per class (as in SNGAN and BigGAN).
+
+    The label then steers every layer of the generator, not only its input.
+    """
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels, affine=False)
+        self.gain = nn.Embedding(n_classes, channels)
+        self.bias = nn.Embedding(n_classes, channels)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.bias.weight)
+
+    def forward(self, x, labels):
+        return self.norm(x) * self.gain(labels)[:, :, None, None] + self.bias(labels)[:, :, None, None]
+
+
 class Generator(nn.Module):
     """Noise + class label -> normalised log-mel spectrogram in [-1, 1], shape (1, n_mels, n_frames).
 
     A linear layer makes a small seed image, then `n_up` ConvTranspose2d layers
-    each double its height and width. The seed is sized so the result is at least
+    each double its height and width, with class-conditional batch norm between them. The seed is sized so the result is at least
     (n_mels, n_frames), then cropped: any spectrogram shape works, not only powers of two.
     """
 
@@ -23,17 +41,16 @@ class Generator(nn.Module):
         self.embed = nn.Embedding(n_classes, latent_dim)
         self.project = nn.Sequential(nn.Linear(2 * latent_dim, self.c0 * self.h0 * self.w0),
                                      nn.BatchNorm1d(self.c0 * self.h0 * self.w0), nn.ReLU(True))
-        layers, c = [], self.c0
-        for i in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
-            c //= 2
-        layers += [nn.ConvTranspose2d(c, 1, 4, 2, 1), nn.Tanh()]
-        self.upsample = nn.Sequential(*layers)
+        channels = [self.c0 // 2**i for i in range(n_up)]
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False) for c in channels[:-1])
+        self.norms = nn.ModuleList(ConditionalBatchNorm2d(c // 2, n_classes) for c in channels[:-1])
+        self.to_mel = nn.ConvTranspose2d(channels[-1], 1, 4, 2, 1)
 
     def forward(self, z, labels):
-        h = self.project(torch.cat([z, self.embed(labels)], dim=1))
-        x = self.upsample(h.view(-1, self.c0, self.h0, self.w0))
-        return x[:, :, : self.n_mels, : self.n_frames]
+        x = self.project(torch.cat([z, self.embed(labels)], dim=1)).view(-1, self.c0, self.h0, self.w0)
+        for up, norm in zip(self.ups, self.norms):
+            x = torch.relu(norm(up(x), labels))
+        return torch.tanh(self.to_mel(x))[:, :, : self.n_mels, : self.n_frames]
 
 
 class Discriminator(nn.Module):

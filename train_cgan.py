@@ -28,7 +28,7 @@ import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchaudio  # noqa: E402
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn  # noqa: E402
+from torch.optim.swa_utils import AveragedModel  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -64,6 +64,8 @@ def parse_args(argv=None):
     g.add_argument("--loss", choices=["hinge", "bce", "wgan-gp"], default="hinge",
                    help="hinge: stable with spectral norm; bce: the classic GAN loss; wgan-gp: Wasserstein with gradient penalty")
     g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of both models")
+    g.add_argument("--mode-seeking", type=float, default=1.0,
+                   help="weight of the mode-seeking term that keeps samples of a class diverse; 0 turns it off")
     g.add_argument("--ema", type=float, default=0.999, help="decay of the generator's moving average, used for sampling")
     g.add_argument("--sample-every", type=int, default=5, help="write a sample grid every N epochs")
     g.add_argument("--seed", type=int, default=0)
@@ -127,6 +129,19 @@ def g_loss(kind, fake_logits):
     return -fake_logits.mean()
 
 
+def mode_seeking_penalty(G, fake, z, labels):
+    """MSGAN (Mao et al., 2019): penalise G when two noise vectors give the same spectrogram.
+
+    Conditional GANs readily learn to ignore the noise and emit one sound per class;
+    this term rewards output distance per unit of noise distance, half a batch at a time.
+    """
+    half = len(z) // 2
+    z2 = torch.randn_like(z[:half])
+    fake2 = G(z2, labels[:half])
+    ratio = (fake[:half] - fake2).abs().mean() / (z[:half] - z2).abs().mean()
+    return 1.0 / (ratio + 1e-5)
+
+
 def gradient_penalty(D, real, fake, labels):
     eps = torch.rand(real.size(0), 1, 1, 1, device=real.device)
     mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
@@ -169,8 +184,17 @@ def build_models(meta, device):
     n_classes, args = len(meta["classes"]), meta["model"]
     G = Generator(n_classes, cfg.n_mels, cfg.n_frames, args["latent_dim"], args["width"]).to(device)
     D = Discriminator(n_classes, args["width"]).to(device)
-    ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(args["ema"]), use_buffers=True)
+    ema = AveragedModel(G, avg_fn=ema_with_warmup(args["ema"]), use_buffers=True)
     return G, D, ema
+
+
+def ema_with_warmup(decay: float):
+    """Moving average whose decay grows to `decay` as updates accumulate: with a fixed 0.999,
+    a short run's average would still be mostly the untrained initial weights."""
+    def average(averaged, current, num_averaged):
+        d = min(decay, (1 + float(num_averaged)) / (10 + float(num_averaged)))
+        return d * averaged + (1 - d) * current
+    return average
 
 
 # ----------------------------------------------------------------------------
@@ -195,7 +219,9 @@ def train(args, out: Path, device):
         "model": {"latent_dim": args.latent_dim, "width": args.width, "ema": args.ema, "loss": args.loss}}
     loss_kind = meta["model"]["loss"]
     G, D, ema = build_models(meta, device)
-    betas = (0.0, 0.9) if loss_kind == "wgan-gp" else (0.5, 0.999)
+    # (0.5, 0.999) is the classic DCGAN setting for BCE; spectral-norm hinge and WGAN-GP train
+    # better without first-moment momentum (SNGAN, BigGAN).
+    betas = (0.5, 0.999) if loss_kind == "bce" else (0.0, 0.9)
     opt_g = torch.optim.Adam(G.parameters(), args.lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), args.lr, betas=betas)
     data_rng = torch.Generator().manual_seed(args.seed)
@@ -219,7 +245,8 @@ def train(args, out: Path, device):
     fixed_labels = torch.arange(len(classes)).repeat_interleave(4)
     for epoch in range(start_epoch, args.epochs + 1):
         sums = np.zeros(3)
-        for real, labels in tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True):
+        # disable=None: a live bar on a terminal, silence in logs (a summary line follows each epoch).
+        for real, labels in tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True, disable=None):
             real, labels = real.to(device), labels.to(device)
             z = torch.randn(len(real), meta["model"]["latent_dim"], device=device)
             fake = G(z, labels)
@@ -230,6 +257,8 @@ def train(args, out: Path, device):
             loss_d.backward()
             opt_d.step()
             loss_g = g_loss(loss_kind, D(translate_time(fake), labels))
+            if args.mode_seeking > 0 and len(z) > 1:
+                loss_g = loss_g + args.mode_seeking * mode_seeking_penalty(G, fake, z, labels)
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
@@ -364,16 +393,7 @@ def run(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except ad.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: continue with the same command plus --resume", file=sys.stderr)
-        return 130
-    return 0
+    return ad.run_script(run, parse_args(argv), interrupted_hint="continue with the same command plus --resume")
 
 
 if __name__ == "__main__":

@@ -391,16 +391,7 @@ def run(args):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except ad.DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume training", file=sys.stderr)
-        return 130
-    return 0
+    return ad.run_script(run, parse_args(argv), interrupted_hint="run the same command again to resume training")
 
 
 if __name__ == "__main__":

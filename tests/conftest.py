@@ -5,6 +5,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+# The scripts never load both frameworks in one process; this test run does. PyTorch
+# imports triton (through torch._dynamo) the first time an optimizer is built, and
+# importing triton after TensorFlow segfaults (clashing native libraries), while the
+# other order works. So the PyTorch side is loaded first, before any test imports
+# TensorFlow.
+import torch._dynamo  # noqa: E402,F401
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
