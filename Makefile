@@ -13,7 +13,6 @@ STAMP := $(VENV)/.installed
 # Rebuilt only when the requirements change; pip's per-package index warnings are noise here.
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import tensorflow, torch, torchaudio, librosa, soundfile, sklearn, pandas, matplotlib, tqdm, pytest"
 	touch $@
@@ -23,7 +22,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) make_demo_data.py --out $(DEMO)
 	$(PY) train_classifier.py --train-dir $(DEMO)/train --test-dir $(DEMO)/test --out $(OUT) \
-		$(DEMO_FEATURES) --epochs 15 --width 16
+		$(DEMO_FEATURES) --epochs 15
 	$(PY) score_submission.py $(OUT)/submission_cnn_v2.csv $(DEMO)/test_labels.csv
 	$(PY) train_cgan.py --data-dir $(DEMO)/train --out $(OUT) --sr 16000 --duration 1.0 --n-mels 64 \
 		--epochs 60 --width 16 --samples-per-class 5 --sample-every 20

@@ -60,11 +60,12 @@ def parse_args(argv=None):
     g.add_argument("--epochs", type=int, default=100)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--latent-dim", type=int, default=100, help="size of the noise vector")
-    g.add_argument("--width", type=int, default=64, help="channels of the models' widest-but-one layer")
+    g.add_argument("--width", type=int, default=32,
+                   help="base channel count of both models (their layers use 1x to 8x it); compute grows with its square")
     g.add_argument("--loss", choices=["hinge", "bce", "wgan-gp"], default="hinge",
                    help="hinge: stable with spectral norm; bce: the classic GAN loss; wgan-gp: Wasserstein with gradient penalty")
     g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of both models")
-    g.add_argument("--mode-seeking", type=float, default=1.0,
+    g.add_argument("--mode-seeking", type=float, default=0.1,
                    help="weight of the mode-seeking term that keeps samples of a class diverse; 0 turns it off")
     g.add_argument("--ema", type=float, default=0.999, help="decay of the generator's moving average, used for sampling")
     g.add_argument("--sample-every", type=int, default=5, help="write a sample grid every N epochs")
