@@ -342,7 +342,7 @@ def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
     # loaded a deep-learning framework), the work about 10 ms a clip: small sets run
     # faster in this process.
     workers = min(workers or default_workers(), max(1, len(paths) // 100))
-    bar = tqdm(total=len(paths), desc=desc, unit="clip", dynamic_ncols=True)
+    bar = tqdm(total=len(paths), desc=desc, unit="clip", dynamic_ncols=True, disable=None)  # none in logs
     try:
         if workers > 1:
             # fork: workers inherit the imports instead of re-importing the calling

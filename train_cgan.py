@@ -81,9 +81,11 @@ def parse_args(argv=None):
 
 
 def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if choice == "cuda" and not torch.cuda.is_available():
         raise ad.DataError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    return torch.device("cuda" if choice == "auto" and torch.cuda.is_available() else choice if choice != "auto" else "cpu")
+    return torch.device(choice)
 
 
 # ----------------------------------------------------------------------------
