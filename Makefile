@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import tensorflow, torch, torchaudio, librosa, soundfile, sklearn, pandas, matplotlib, tqdm, pytest"
+	$(PY) -c "import tensorflow, torch, torchaudio, librosa, soundfile, scipy, sklearn, pandas, matplotlib, tqdm, pytest"
 	touch $@
 
 venv: $(STAMP)
@@ -26,6 +26,8 @@ demo: $(STAMP)
 	$(PY) score_submission.py $(OUT)/submission_cnn_v2.csv $(DEMO)/test_labels.csv
 	$(PY) train_cgan.py --data-dir $(DEMO)/train --out $(OUT) --sr 16000 --duration 1.0 --n-mels 64 \
 		--epochs 60 --width 16 --samples-per-class 5 --sample-every 20
+	$(PY) evaluate_generated.py --model $(OUT)/classifier.keras --generated $(OUT)/generated \
+		--real-dir $(DEMO)/train --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest

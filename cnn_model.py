@@ -35,7 +35,7 @@ def build_cnn(n_mels: int, n_frames: int, n_classes: int, mean: float, variance:
     x = layers.Reshape((time, freq * channels))(x)
     x = layers.Concatenate()([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)])
     x = layers.Dropout(dropout)(x)
-    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dense(128, activation="relu", name="embedding")(x)  # read by evaluate_generated.py
     x = layers.Dropout(dropout)(x)
     # float32 output keeps softmax stable under mixed precision.
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="class_probs")(x)

@@ -405,7 +405,9 @@ def run(args):
     plot_history(history, out / "training_curves.png")
     scores = report_validation(model, x, rows[val_idx], y[val_idx], classes, args.batch_size, out) if len(val_idx) else {}
     meta = {"classes": classes, "features": cfg.to_dict(), "train_counts": np.bincount(y).tolist(),
-            "epochs_run": int(len(history)), **scores}
+            "epochs_run": int(len(history)), **scores,
+            # Clips the model never trained on: a fair reference for evaluate_generated.py.
+            "validation_files": sorted(str(paths[i].resolve()) for i in val_idx)}
     model_path = save_model(model, meta, out)
     shutil.rmtree(state, ignore_errors=True)
 
