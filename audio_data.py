@@ -311,7 +311,9 @@ def extract_features(paths: list[Path], cfg: FeatureConfig, cache_dir: str | Pat
     """
     paths = [Path(p) for p in paths]
     shape = (len(paths), cfg.n_mels, cfg.n_frames)
-    cache = Path(cache_dir) / f"{desc}-{_cache_key(paths, cfg)}" if cache_dir else None
+    # Named by content alone, not by `desc`: one script's cache serves another that reads
+    # the same files with the same settings (evaluate_generated.py's real clips, say).
+    cache = Path(cache_dir) / f"features-{_cache_key(paths, cfg)}" if cache_dir else None
     if cache is not None and (cache / "status.json").exists():
         skipped = {int(k): v for k, v in json.loads((cache / "status.json").read_text())["skipped"].items()}
         feats = Features(np.load(cache / "features.npy", mmap_mode="r"), paths, skipped, True)
@@ -332,7 +334,7 @@ def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
     log_mel(np.zeros(cfg.n_samples, np.float32), cfg)
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{desc}-", dir=cache.parent))
+        work = Path(tempfile.mkdtemp(prefix=".features-", dir=cache.parent))
         x = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np.float32, shape=shape)
     else:
         x = np.zeros(shape, dtype=np.float32)

@@ -26,15 +26,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import linalg  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 import audio_data as ad  # noqa: E402
+from train_classifier import load_saved_model, plot_confusion  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -101,23 +97,8 @@ def scores(probs, emb, y, classes, reference_emb=None) -> dict:
     return report
 
 
-def plot_confusion(y, probs, classes, path):
-    fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
-    ConfusionMatrixDisplay.from_predictions(y, probs.argmax(1), labels=range(len(classes)), display_labels=classes,
-                                            ax=ax, colorbar=False, xticks_rotation=45)
-    ax.set(title="generated clips", ylabel="conditioning class", xlabel="classifier's prediction")
-    fig.tight_layout()
-    with ad.atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-
-
 def run(args):
-    model_path = Path(args.model)
-    meta_path = model_path.with_suffix(".json")
-    if not model_path.exists() or not meta_path.exists():
-        raise ad.DataError(f"--model needs {model_path} and {meta_path} (written by train_classifier.py)")
-    model, meta = keras.models.load_model(model_path), json.loads(meta_path.read_text())
+    model, meta = load_saved_model(args.model)
     classes = meta["classes"]
     probs, emb, y, _ = embed(model, meta, args.generated, args, "generated")
     report = {"classes": classes}
@@ -137,7 +118,8 @@ def run(args):
     out = Path(args.out)
     with ad.atomic_output(out / "generation_report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    plot_confusion(y, probs, classes, out / "generation_confusion_matrix.png")
+    plot_confusion(y, probs.argmax(1), classes, out / "generation_confusion_matrix.png", title="generated clips",
+                   ylabel="conditioning class", xlabel="classifier's prediction")
     print_table(report)
     print(f"wrote {out / 'generation_report.json'} and {out / 'generation_confusion_matrix.png'}")
 

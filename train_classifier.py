@@ -166,6 +166,12 @@ def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def predict_rows(model, x, rows, batch_size):
+    """Class probabilities for the given rows of the feature array."""
+    no_labels = np.zeros((len(rows), model.output_shape[-1]), np.float32)
+    return model.predict(make_dataset(x, rows, no_labels, batch_size), verbose=0)
+
+
 def feature_stats(x, rows, chunk=512):
     """Mean and variance of the training features, in chunks: the memory map is never loaded whole."""
     total = total_sq = 0.0
@@ -283,21 +289,24 @@ def plot_history(history: pd.DataFrame, path: Path):
     plt.close(fig)
 
 
-def report_validation(model, x, rows, y, classes, batch_size, out: Path) -> dict:
-    """Per-class precision/recall/F1 and the confusion matrix on the validation split."""
-    probs = model.predict(make_dataset(x, rows, np.zeros((len(rows), len(classes)), np.float32), batch_size), verbose=0)
-    pred = probs.argmax(axis=1)
-    text = classification_report(y, pred, labels=range(len(classes)), target_names=classes, digits=3, zero_division=0)
-    with ad.atomic_output(out / "classification_report.txt") as tmp:
-        tmp.write_text(text)
+def plot_confusion(y, pred, classes, path, title, ylabel="true class", xlabel="predicted class"):
     fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
     ConfusionMatrixDisplay.from_predictions(y, pred, labels=range(len(classes)), display_labels=classes,
                                             ax=ax, colorbar=False, xticks_rotation=45)
-    ax.set_title("validation")
+    ax.set(title=title, ylabel=ylabel, xlabel=xlabel)
     fig.tight_layout()
-    with ad.atomic_output(out / "confusion_matrix.png") as tmp:
+    with ad.atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def report_validation(model, x, rows, y, classes, batch_size, out: Path) -> dict:
+    """Per-class precision/recall/F1 and the confusion matrix on the validation split."""
+    pred = predict_rows(model, x, rows, batch_size).argmax(axis=1)
+    text = classification_report(y, pred, labels=range(len(classes)), target_names=classes, digits=3, zero_division=0)
+    with ad.atomic_output(out / "classification_report.txt") as tmp:
+        tmp.write_text(text)
+    plot_confusion(y, pred, classes, out / "confusion_matrix.png", title="validation")
     return {"val_accuracy": float((pred == y).mean()), "val_macro_f1": float(f1_score(y, pred, average="macro"))}
 
 
@@ -345,8 +354,7 @@ def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
     predicted = np.full(len(paths), fallback, dtype=object)
     ok_rows = np.flatnonzero(feats.ok)
     if len(ok_rows):
-        dummy = np.zeros((len(ok_rows), len(classes)), np.float32)
-        probs = model.predict(make_dataset(feats.x, ok_rows, dummy, args.batch_size), verbose=0)
+        probs = predict_rows(model, feats.x, ok_rows, args.batch_size)
         predicted[ok_rows] = np.array(classes, dtype=object)[probs.argmax(axis=1)]
     for i in sorted(feats.skipped):
         ad.warn(f"{paths[i]} could not be decoded: predicted the most frequent class '{fallback}'")

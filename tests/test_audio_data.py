@@ -180,7 +180,8 @@ def test_second_run_reads_the_cache_without_decoding(tmp_path, monkeypatch):
         raise AssertionError("decoded a file on a cached run")
 
     monkeypatch.setattr(ad, "load_clip", no_decoding)
-    second = ad.extract_features(paths, cfg, tmp_path / "cache", workers=1)
+    # Another caller (another label) reading the same files with the same settings shares the cache.
+    second = ad.extract_features(paths, cfg, tmp_path / "cache", desc="real", workers=1)
     assert second.from_cache and not first.from_cache
     np.testing.assert_array_equal(second.x, first_x)
     assert second.skipped == first.skipped and len(second.skipped) == 1
