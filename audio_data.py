@@ -8,6 +8,7 @@ warning line naming it, never the run.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -20,13 +21,13 @@ import sys
 import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import librosa
 import numpy as np
 import soundfile as sf
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
@@ -35,6 +36,8 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
 SILENCE_PEAK = 1e-4
 # Floor of the log-mel features, in dB: keeps log() finite on digital silence.
 DB_FLOOR = -100.0
+# Below this many clips per worker process, starting the processes costs more than they save.
+MIN_CLIPS_PER_WORKER = 50
 
 
 class DataError(Exception):
@@ -278,8 +281,10 @@ def default_workers() -> int:
 def _cache_key(paths: list[Path], cfg: FeatureConfig) -> str:
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     for p in paths:
-        st = p.stat()
-        h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st = os.stat(p)
+        # abspath, not resolve(): no system call per path component, and it made up
+        # most of a cached run's time. A link reached two ways is cached twice: harmless.
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -306,8 +311,9 @@ def extract_features(paths: list[Path], cfg: FeatureConfig, cache_dir: str | Pat
     The cache is keyed by the config and each file's path, size and modification
     time, so a second run with the same data and settings skips decoding
     entirely; change anything and the features are recomputed. Rows are streamed
-    into a memory-mapped .npy file as workers finish, so memory stays flat however
-    many clips there are. Every skipped file is reported (on a cached run too).
+    to the cache's .npy file as workers finish and read back memory-mapped, so
+    memory stays flat however many clips there are. Every skipped file is
+    reported (on a cached run too).
     """
     paths = [Path(p) for p in paths]
     shape = (len(paths), cfg.n_mels, cfg.n_frames)
@@ -327,34 +333,33 @@ def extract_features(paths: list[Path], cfg: FeatureConfig, cache_dir: str | Pat
 
 
 def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
-    work = None
     # librosa does ~3 s of one-off set-up on its first STFT and resample: pay it
     # once here, so forked workers inherit it instead of each paying it again.
     librosa.resample(np.ones(64, np.float32), orig_sr=2, target_sr=1)
     log_mel(np.zeros(cfg.n_samples, np.float32), cfg)
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".features-", dir=cache.parent))
-        x = np.lib.format.open_memmap(work / "features.npy", mode="w+", dtype=np.float32, shape=shape)
-    else:
-        x = np.zeros(shape, dtype=np.float32)
     skipped: dict[int, str] = {}
     jobs = [(p, cfg) for p in paths]
-    # A worker process costs about half a second to start (more when the caller has
-    # loaded a deep-learning framework), the work about 10 ms a clip: small sets run
-    # faster in this process.
-    workers = min(workers or default_workers(), max(1, len(paths) // 100))
+    if workers is None:
+        # Workers cost 0.1-0.2 s to start (more when the caller has loaded a
+        # deep-learning framework), a clip about 8 ms: small sets run faster here.
+        workers = min(default_workers(), max(1, len(paths) // MIN_CLIPS_PER_WORKER))
     bar = tqdm(total=len(paths), desc=desc, unit="clip", dynamic_ncols=True, disable=None)  # none in logs
+    work = Path(tempfile.mkdtemp(prefix=".features-", dir=_mkdir(cache.parent))) if cache else None
     try:
-        if workers > 1:
-            # fork: workers inherit the imports instead of re-importing the calling
-            # script (and its deep-learning framework) in every process.
-            ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
-            with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with contextlib.ExitStack() as stack:
+            if workers > 1:
+                # fork: workers inherit the imports instead of re-importing the calling
+                # script (and its deep-learning framework) in every process.
+                ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
+                pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_blas_thread))
                 results = pool.map(_features_or_reason, jobs, chunksize=8)
-                _collect(results, x, skipped, paths, bar)
-        else:
-            _collect(map(_features_or_reason, jobs), x, skipped, paths, bar)
+            else:
+                results = map(_features_or_reason, jobs)
+            rows = _collect(results, skipped, paths, bar)
+            if cache:
+                _write_npy(work / "features.npy", shape, rows)
+            else:
+                x = _stack(shape, rows)
     except BaseException:
         if work:
             shutil.rmtree(work, ignore_errors=True)
@@ -362,8 +367,6 @@ def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
     finally:
         bar.close()
     if cache:
-        x.flush()
-        del x
         (work / "status.json").write_text(json.dumps(
             {"config": cfg.to_dict(), "files": [str(p) for p in paths], "skipped": skipped}))
         try:
@@ -374,14 +377,47 @@ def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
     return Features(x, paths, skipped, False)
 
 
-def _collect(results, x, skipped, paths, bar) -> None:
+def _one_blas_thread() -> None:
+    """Each worker already has a core: OpenBLAS's own threads (one per core in every
+    worker) then spin against each other, and made 2 workers 3-7x slower than one."""
+    threadpool_limits(1)
+
+
+def _collect(results, skipped, paths, bar):
+    """Each clip's features in order (zeros for a skipped file), as workers finish them."""
     for i, (feat, reason) in enumerate(results):
         if feat is None:
             skipped[i] = reason
             warn(f"skipped {paths[i]}: {reason}")
-        else:
-            x[i] = feat
         bar.update()
+        yield feat
+
+
+def _write_npy(path: Path, shape, rows) -> None:
+    """Stream rows into an .npy file with plain writes, one clip at a time.
+
+    Rows written through a memory map stay mapped and count towards the
+    process's memory until the end; written to the file, they are the page
+    cache's to keep or drop, so memory stays flat however many clips there are.
+    """
+    zeros = np.zeros(shape[1:], np.float32)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        for row in rows:
+            f.write((zeros if row is None else row.astype("<f4", copy=False)).tobytes())
+
+
+def _stack(shape, rows) -> np.ndarray:
+    x = np.zeros(shape, np.float32)
+    for i, row in enumerate(rows):
+        if row is not None:
+            x[i] = row
+    return x
+
+
+def _mkdir(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def report_skipped(paths: list[Path], skipped: dict[int, str], desc: str) -> None:
@@ -401,7 +437,7 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_output(path: str | Path):
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
 

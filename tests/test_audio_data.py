@@ -160,12 +160,16 @@ def test_features_have_the_configured_fixed_shape(tmp_path):
     assert high > low
 
 
-def test_parallel_and_serial_extraction_agree(tmp_path):
+def test_parallel_streamed_to_cache_and_serial_in_memory_agree(tmp_path):
     paths, _ = ad.find_labelled_clips(make_tone_dataset(tmp_path / "train", per_class=10))
+    (tmp_path / "train" / "low" / "bad.wav").write_bytes(b"RIFF0000WAVE")
+    paths = ad.find_audio_files(tmp_path / "train")
     cfg = ad.FeatureConfig(sr=16000, duration=0.5, n_mels=32, n_fft=512, hop_length=256)
     serial = ad.extract_features(paths, cfg, None, workers=1)
-    parallel = ad.extract_features(paths, cfg, None, workers=2)
+    parallel = ad.extract_features(paths, cfg, tmp_path / "cache", workers=2)  # an explicit count is used as given
+    assert isinstance(parallel.x, np.memmap) and parallel.x.shape == serial.x.shape
     np.testing.assert_array_equal(serial.x, parallel.x)
+    assert serial.skipped.keys() == parallel.skipped.keys() == {paths.index(tmp_path / "train" / "low" / "bad.wav")}
 
 
 def test_second_run_reads_the_cache_without_decoding(tmp_path, monkeypatch):
