@@ -338,26 +338,29 @@ def mel_to_audio(mels_db: torch.Tensor, cfg: ad.FeatureConfig, gl_iters: int) ->
     """Invert a batch of dB log-mels (as audio_data.log_mel makes them) to waveforms, on the CPU.
 
     InverseMelScale solves the filterbank's least-squares problem in float64 (gelsd:
-    the default driver fails as 'not full rank' for many mels; it is CPU-only), for
-    all clips' frames side by side: one solve instead of one per clip. Griffin-Lim
-    with momentum then estimates the phase in float32, where its STFTs run 2.7x
-    faster than in float64 and converge as far, a few clips at a time: its
-    element-wise steps are memory-bound, and a chunk of about half a million
-    spectrogram bins stays in cache (a batch of 16 two-second clips ran 1.3x
-    slower per clip than chunks of 4).
+    the default driver fails as 'not full rank' for many mels; it is CPU-only), with
+    the frames of many clips side by side: one solve for all of them instead of
+    one per clip. Griffin-Lim with momentum then estimates the phase in float32,
+    where its STFTs run 2.7x faster than in float64 and converge as far. Clips go
+    through in chunks of about half a million spectrogram bins: generating
+    thousands of clips needs no more memory than a few, and this size ran 12%
+    faster per clip than a batch of 12 two-second clips, or one clip at a time.
     """
-    n_clips, n_mels, n_frames = mels_db.shape
+    n_mels, n_frames = mels_db.shape[1:]
     n_stft = cfg.n_fft // 2 + 1
     inverse_mel = torchaudio.transforms.InverseMelScale(
         n_stft=n_stft, n_mels=n_mels, sample_rate=cfg.sr, f_min=cfg.fmin, f_max=cfg.fmax,
         norm="slaney", mel_scale="slaney", driver="gelsd").double()
     griffin_lim = torchaudio.transforms.GriffinLim(
         n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=2.0, n_iter=gl_iters, momentum=0.99)
-    side_by_side = torch.pow(10.0, mels_db.double() / 10.0).transpose(0, 1).reshape(n_mels, -1)
+
+    def invert(chunk):
+        side_by_side = torch.pow(10.0, chunk.double() / 10.0).transpose(0, 1).reshape(n_mels, -1)
+        power = inverse_mel(side_by_side).reshape(n_stft, len(chunk), n_frames).transpose(0, 1)
+        return griffin_lim(power.float())
+
     with torch.no_grad():
-        power = inverse_mel(side_by_side).reshape(n_stft, n_clips, n_frames).transpose(0, 1).float()
-        chunk = max(1, 2**19 // (n_stft * n_frames))
-        return torch.cat([griffin_lim(part) for part in power.split(chunk)])
+        return torch.cat([invert(chunk) for chunk in mels_db.split(max(1, 2**19 // (n_stft * n_frames)))])
 
 
 def generate(checkpoint_path, out: Path, samples_per_class: int, gl_iters: int, seed: int):
