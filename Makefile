@@ -6,15 +6,16 @@ DEMO := data/demo
 OUT := outputs
 # CPU-friendly settings for the demo's short drum hits; the scripts' defaults serve real data on a GPU.
 DEMO_FEATURES := --sr 16000 --duration 1.5 --n-mels 64 --n-fft 1024 --hop-length 256
+DEMO_CGAN := --data-dir $(DEMO)/train --sr 16000 --duration 1.0 --n-mels 64 --width 16 --samples-per-class 20
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo untrained-gan test bench results venv clean
 
 # Rebuilt only when the requirements change; pip's per-package index warnings are noise here.
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import tensorflow, torch, torchaudio, librosa, soundfile, scipy, sklearn, pandas, matplotlib, tqdm, pytest"
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -c "import tensorflow, torch, torchaudio, librosa, soundfile, scipy, sklearn, pandas, matplotlib, tqdm, threadpoolctl, pytest"
 	touch $@
 
 venv: $(STAMP)
@@ -24,16 +25,27 @@ demo: $(STAMP)
 	$(PY) train_classifier.py --train-dir $(DEMO)/train --test-dir $(DEMO)/test --out $(OUT) \
 		$(DEMO_FEATURES) --epochs 15
 	$(PY) score_submission.py $(OUT)/submission_cnn_v2.csv $(DEMO)/test_labels.csv
-	$(PY) train_cgan.py --data-dir $(DEMO)/train --out $(OUT) --sr 16000 --duration 1.0 --n-mels 64 \
-		--epochs 60 --width 16 --samples-per-class 5 --sample-every 20
+	$(PY) train_cgan.py $(DEMO_CGAN) --out $(OUT) --epochs 60 --sample-every 20
 	$(PY) evaluate_generated.py --model $(OUT)/classifier.keras --generated $(OUT)/generated \
 		--real-dir $(DEMO)/train --out $(OUT)
+
+# The reference line below the demo's GAN: the same generator at its initial weights
+# (one epoch at learning rate 0), scored the same way. Needs `make demo` first.
+untrained-gan: $(STAMP)
+	$(PY) train_cgan.py $(DEMO_CGAN) --out $(OUT)/untrained-gan --epochs 1 --lr 0
+	$(PY) evaluate_generated.py --model $(OUT)/classifier.keras --generated $(OUT)/untrained-gan/generated \
+		--real-dir $(DEMO)/train --out $(OUT)/untrained-gan
 
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Every benchmark, then the demo timed (into outputs/bench/); prints a table, writes bench/results.json.
 bench: $(STAMP)
-	$(PY) bench/bench_augment.py
+	$(PY) bench/run.py
+
+# docs/RESULTS.md and its pictures, from the last `make bench`.
+results: $(STAMP)
+	$(PY) bench/results_page.py
 
 clean:
 	rm -rf outputs/cache $(DEMO)

@@ -1,0 +1,37 @@
+"""The benchmark scripts at toy sizes: they run, and their rows say what the full runs measure.
+
+The figures themselves are `make bench`'s job (timings do not belong in tests);
+these only keep the scripts from rotting and check what cannot be noise.
+"""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def bench(tmp_path, script, *args) -> list[dict]:
+    out = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_cache_benchmark_finds_the_cached_run_faster(tmp_path):
+    [row] = bench(tmp_path, "bench_cache.py", "--clips", "12")
+    assert row["unit"] == "clips/s" and row["ratio"] > 1  # a cached run that decodes would not be
+    assert row["met"] == (row["ratio"] >= 50)
+
+
+def test_memory_benchmark_reports_both_sizes(tmp_path):
+    [row] = bench(tmp_path, "bench_memory.py", "--clips", "3")
+    assert row["unit"] == "MB" and 50 < row["baseline"] < 2000 and 50 < row["ours"] < 2000
+    assert "30 clips" in row["name"]
+    assert row["large"]["features_mb"] == 10 * row["small"]["features_mb"] == 30 * 128 * 173 * 4 / 2**20
+
+
+def test_inversion_benchmark_reconstructs_with_both_methods(tmp_path):
+    [row] = bench(tmp_path, "bench_inversion.py", "--clips", "2", "--iters", "8")
+    # Both rebuilt the clips' spectra (white noise scores above 1; the full run's 64 iterations, about 0.26).
+    assert 0 < row["spectral_convergence_ours"] < 0.8 and 0 < row["spectral_convergence_librosa"] < 0.8
