@@ -48,4 +48,4 @@ results: $(STAMP)
 	$(PY) bench/results_page.py
 
 clean:
-	rm -rf outputs/cache $(DEMO)
+	rm -rf outputs/cache outputs/bench $(DEMO)

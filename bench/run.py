@@ -100,22 +100,28 @@ def main():
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     started = time.perf_counter()
     rows = []
+    took = {}  # wall seconds per part, to see where the suite's time goes
     for name in args.only or BENCHMARKS:
+        start = time.perf_counter()
         rows += run_benchmark(name, env)
+        took[name] = round(time.perf_counter() - start, 1)
     if not args.no_demo and not args.only:
+        start = time.perf_counter()
         rows += time_demo(env)
+        took["demo"] = round(time.perf_counter() - start, 1)
     total = time.perf_counter() - started
     complete = not args.only and not args.no_demo
     rows.append({"name": "whole benchmark suite, wall time", "ours": total, "unit": "s", "baseline": None,
                  "ratio": None, "goal": f"<= {SUITE_GOAL_S} s" if complete else None,
                  "met": total <= SUITE_GOAL_S if complete else None, "detail": "venv excluded"})
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
-               "machine": machine(), "rows": rows, "demo": None if not complete else {
+               "machine": machine(), "rows": rows, "seconds_per_part": took, "demo": None if not complete else {
                    "out": str(DEMO_OUT), "data": str(DEMO_DATA), "untrained_gan": str(DEMO_OUT / "untrained-gan")}}
     Path(args.out).write_text(json.dumps(results, indent=1))
     print_table(rows)
     m = results["machine"]
-    print(f"\n{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB; wrote {args.out}")
+    print(f"\n{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB; seconds per part: "
+          f"{', '.join(f'{k} {v:.0f}' for k, v in took.items())}; wrote {args.out}")
     missed = [r["name"] for r in rows if r["goal"] and not r["met"]]
     if missed:
         print(f"goals not met: {', '.join(missed)}")
