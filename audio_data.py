@@ -344,17 +344,17 @@ def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
         # deep-learning framework), a clip about 8 ms: small sets run faster here.
         workers = min(default_workers(), max(1, len(paths) // MIN_CLIPS_PER_WORKER))
     bar = tqdm(total=len(paths), desc=desc, unit="clip", dynamic_ncols=True, disable=None)  # none in logs
-    work = Path(tempfile.mkdtemp(prefix=".features-", dir=_mkdir(cache.parent))) if cache else None
+    work = None
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".features-", dir=cache.parent))
+    # fork: workers inherit the imports instead of re-importing the calling
+    # script (and its deep-learning framework) in every process.
+    ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
     try:
-        with contextlib.ExitStack() as stack:
-            if workers > 1:
-                # fork: workers inherit the imports instead of re-importing the calling
-                # script (and its deep-learning framework) in every process.
-                ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
-                pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_blas_thread))
-                results = pool.map(_features_or_reason, jobs, chunksize=8)
-            else:
-                results = map(_features_or_reason, jobs)
+        with (ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_blas_thread) if workers > 1
+              else contextlib.nullcontext()) as pool:
+            results = pool.map(_features_or_reason, jobs, chunksize=8) if pool else map(_features_or_reason, jobs)
             rows = _collect(results, skipped, paths, bar)
             if cache:
                 _write_npy(work / "features.npy", shape, rows)
@@ -384,7 +384,7 @@ def _one_blas_thread() -> None:
 
 
 def _collect(results, skipped, paths, bar):
-    """Each clip's features in order (zeros for a skipped file), as workers finish them."""
+    """Each clip's features in order (None for a skipped file), as workers finish them."""
     for i, (feat, reason) in enumerate(results):
         if feat is None:
             skipped[i] = reason
@@ -413,11 +413,6 @@ def _stack(shape, rows) -> np.ndarray:
         if row is not None:
             x[i] = row
     return x
-
-
-def _mkdir(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def report_skipped(paths: list[Path], skipped: dict[int, str], desc: str) -> None:
