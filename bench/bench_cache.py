@@ -25,8 +25,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_clips(Path(tmp) / "clips", args.clips)
         ad.extract_features(paths[:4], cfg, None)  # warm-up
-        runs = iter(range(args.repeats))
-        cold = median_seconds(lambda: ad.extract_features(paths, cfg, Path(tmp) / f"cold-{next(runs)}"), args.repeats)
+        fresh_caches = (Path(tmp) / f"cold-{i}" for i in range(args.repeats))
+        cold = median_seconds(lambda: ad.extract_features(paths, cfg, next(fresh_caches)), args.repeats)
         cached = median_seconds(lambda: ad.extract_features(paths, cfg, Path(tmp) / "cold-0"), max(5, args.repeats))
     ratio = cold / cached
     report(args, [row("cached re-run vs cold run", args.clips / cached, "clips/s", args.clips / cold,

@@ -25,13 +25,15 @@ def parser(doc: str, repeats: int = 3) -> argparse.ArgumentParser:
     return p
 
 
+def timed(fn, *args):
+    """(seconds fn(*args) took, what it returned)."""
+    start = time.perf_counter()
+    result = fn(*args)
+    return time.perf_counter() - start, result
+
+
 def median_seconds(fn, repeats: int, *args) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, *args)[0] for _ in range(repeats))
 
 
 def paired_seconds(baseline, ours, repeats: int, *args):
@@ -42,16 +44,11 @@ def paired_seconds(baseline, ours, repeats: int, *args):
     run back to back sees the same one, so its ratio is steadier than a ratio of
     medians taken minutes apart.
     """
-    times = {"baseline": [], "ours": []}
-    results = {}
-    for _ in range(repeats):
-        for name, fn in (("baseline", baseline), ("ours", ours)):
-            start = time.perf_counter()
-            results[name] = fn(*args)
-            times[name].append(time.perf_counter() - start)
-    speed_ups = [b / o for b, o in zip(times["baseline"], times["ours"])]
-    return (statistics.median(times["baseline"]), statistics.median(times["ours"]), statistics.median(speed_ups),
-            results["baseline"], results["ours"])
+    pairs = [(timed(baseline, *args), timed(ours, *args)) for _ in range(repeats)]
+    (_, base_result), (_, ours_result) = pairs[-1]
+    base_s, ours_s = ([pair[i][0] for pair in pairs] for i in (0, 1))
+    return (statistics.median(base_s), statistics.median(ours_s),
+            statistics.median(b / o for b, o in zip(base_s, ours_s)), base_result, ours_result)
 
 
 def write_clips(folder: Path, n: int, seed: int = 0) -> list[Path]:

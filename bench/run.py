@@ -20,6 +20,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from common import row
+import audio_data as ad
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 DEMO_OUT = Path("outputs/bench/demo")
@@ -55,25 +58,25 @@ def time_demo(env: dict) -> list[dict]:
     seconds = time.perf_counter() - start
     print("\n== untrained GAN, the evaluation's lower reference (not timed) ==", flush=True)
     subprocess.run(["make", "--no-print-directory", "untrained-gan", *make_vars], cwd=ROOT, env=env, check=True)
-    return [{"name": "make demo, wall time", "ours": seconds, "unit": "s", "baseline": None, "ratio": None,
-             "goal": f"<= {DEMO_GOAL_S} s", "met": seconds <= DEMO_GOAL_S,
-             "detail": "data, classifier (15 epochs), cGAN (60 epochs), evaluation; venv excluded"}]
+    return [row("make demo, wall time", seconds, "s", goal=f"<= {DEMO_GOAL_S} s", met=seconds <= DEMO_GOAL_S,
+                detail="data, classifier (15 epochs), cGAN (60 epochs), evaluation; venv excluded")]
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+              if line.startswith("model name")] if cpuinfo.exists() else []
+    gpus = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines() \
+        if shutil.which("nvidia-smi") else []
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
-    packages = ["numpy", "librosa", "soundfile", "tensorflow-cpu", "tensorflow", "torch", "torchaudio"]
     versions = {}
-    for name in packages:
+    for name in ["numpy", "librosa", "soundfile", "tensorflow-cpu", "tensorflow", "torch", "torchaudio"]:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cores": cores, "ram_gib": round(ram, 1) if ram else None, "gpu": "none used",
+    return {"cpu": models[0] if models else platform.processor(), "cores": ad.default_workers(),
+            "ram_gib": round(ram, 1) if ram else None, "gpu": gpus[0] if gpus else "none",
             "os": platform.platform(), "python": platform.python_version(), "packages": versions}
 
 
@@ -111,9 +114,8 @@ def main():
         took["demo"] = round(time.perf_counter() - start, 1)
     total = time.perf_counter() - started
     complete = not args.only and not args.no_demo
-    rows.append({"name": "whole benchmark suite, wall time", "ours": total, "unit": "s", "baseline": None,
-                 "ratio": None, "goal": f"<= {SUITE_GOAL_S} s" if complete else None,
-                 "met": total <= SUITE_GOAL_S if complete else None, "detail": "venv excluded"})
+    rows.append(row("whole benchmark suite, wall time", total, "s", goal=f"<= {SUITE_GOAL_S} s" if complete else None,
+                    met=total <= SUITE_GOAL_S if complete else None, detail="venv excluded"))
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
                "machine": machine(), "rows": rows, "seconds_per_part": took, "demo": None if not complete else {
                    "out": str(DEMO_OUT), "data": str(DEMO_DATA), "untrained_gan": str(DEMO_OUT / "untrained-gan")}}

@@ -21,7 +21,6 @@ def bench(tmp_path, script, *args) -> list[dict]:
 def test_cache_benchmark_finds_the_cached_run_faster(tmp_path):
     [row] = bench(tmp_path, "bench_cache.py", "--clips", "12")
     assert row["unit"] == "clips/s" and row["ratio"] > 1  # a cached run that decodes would not be
-    assert row["met"] == (row["ratio"] >= 50)
 
 
 def test_memory_benchmark_reports_both_sizes(tmp_path):
