@@ -94,6 +94,42 @@ def run_script(job, args, interrupted_hint: str) -> int:
     return 0
 
 
+# What native libraries (TensorFlow's C++ core, through absl) print at INFO level, and absl's
+# note that it does so before being initialised. TF_CPP_MIN_LOG_LEVEL no longer hides them.
+_NATIVE_INFO_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ )")
+
+
+@contextlib.contextmanager
+def native_info_logs_hidden():
+    """Run a block (an import) with native libraries' INFO log lines kept off stderr.
+
+    Everything else the block writes to stderr, warnings and errors of any library,
+    is shown as usual once it ends. TF_CPP_MIN_LOG_LEVEL=0 shows everything.
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0":
+        yield
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines(keepends=True):
+                if not _NATIVE_INFO_LOG.match(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 def warn(message: str) -> None:
     """One line on stderr that does not tear an active progress bar."""
     tqdm.write(f"warning: {message}", file=sys.stderr)
@@ -200,7 +236,7 @@ def load_clip(path: str | Path, sr: int, duration: float) -> np.ndarray:
     except BadAudio:
         raise
     except Exception as e:  # libsndfile, OS and format errors alike: one reason line per file
-        raise BadAudio(f"unreadable ({_short_reason(e)})") from None
+        raise BadAudio(f"unreadable ({short_reason(e)})") from None
     if not np.isfinite(data).all():
         raise BadAudio("contains NaN or infinite samples")
     wave = data.mean(axis=1)
@@ -227,7 +263,8 @@ def _check_not_truncated(f: sf.SoundFile, wanted: int, got: int) -> None:
         raise BadAudio("truncated (the header promises more audio than the file holds)")
 
 
-def _short_reason(e: Exception) -> str:
+def short_reason(e: Exception) -> str:
+    """One line of an exception's message, fit for a warning or an error line."""
     text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
     # libsndfile prefixes its messages with the path we already print.
     return text.split(": ", 1)[-1] if text.startswith("Error opening") else text
@@ -252,7 +289,10 @@ def log_mel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """
     power = np.abs(librosa.stft(y=wave, n_fft=cfg.n_fft, hop_length=cfg.hop_length)) ** 2
     mel = mel_filterbank(cfg) @ power
-    return (10.0 * np.log10(np.maximum(mel, 10 ** (DB_FLOOR / 10)))).astype(np.float32)
+    db = 10.0 * np.log10(np.maximum(mel, 10 ** (DB_FLOOR / 10)))
+    # Clipped after the log too: log10 of the floor's power is not exactly DB_FLOOR / 10
+    # in float32 on every CPU (AVX-512 kernels land one ulp below it).
+    return np.maximum(db, DB_FLOOR).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
@@ -268,7 +308,7 @@ def _features_or_reason(args) -> tuple[np.ndarray | None, str | None]:
     except BadAudio as e:
         return None, str(e)
     except Exception as e:  # a decoder bug on one odd file must not end a long run
-        return None, f"could not be processed ({type(e).__name__}: {_short_reason(e)})"
+        return None, f"could not be processed ({type(e).__name__}: {short_reason(e)})"
 
 
 def default_workers() -> int:
@@ -347,7 +387,7 @@ def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
     work = None
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".features-", dir=cache.parent))
+        work = Path(tempfile.mkdtemp(prefix=temporary_prefix("features"), dir=cache.parent))
     # fork: workers inherit the imports instead of re-importing the calling
     # script (and its deep-learning framework) in every process.
     ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
@@ -432,17 +472,64 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Temporary outputs are named `.<name>.<pid>.part-XXXXXXXX<suffix>`: the process id says
+# whether the run that made one is still going, so a later run can remove what a killed
+# one (SIGKILL, power loss) left behind, and never touches a running one's files.
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.part-[a-z0-9_]{8}(\.\w+)?$")
+
+
+def temporary_prefix(name: str) -> str:
+    """mkstemp/mkdtemp prefix for a temporary stand-in of `name` (see remove_stale_temporaries)."""
+    return f".{name}.{os.getpid()}.part-"
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: assume alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(*folders: str | Path) -> int:
+    """Remove the temporary files and folders that runs no longer alive left in `folders`.
+
+    Only names of our own pattern (temporary_prefix) whose process has ended are
+    removed; other files, and a running process's temporaries, are left alone.
+    Returns how many were removed.
+    """
+    removed = 0
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            m = _TEMPORARY.match(entry.name)
+            if not m or int(m[1]) == os.getpid() or _process_alive(int(m[1])):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path):
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
 
     So a crash, a full disk or Ctrl-C never leaves a half-written file where the
     user expects a good one, nor destroys the previous version. The temporary
-    name keeps the suffix, for libraries that pick the format from it.
+    name keeps the suffix, for libraries that pick the format from it. What a
+    killed process leaves is removed by the next run (remove_stale_temporaries).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.stem), suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

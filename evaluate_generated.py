@@ -19,18 +19,14 @@ generation_confusion_matrix.png to --out.
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+from scipy import linalg
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import linalg  # noqa: E402
-
-import audio_data as ad  # noqa: E402
-from train_classifier import load_saved_model, plot_confusion  # noqa: E402
+import audio_data as ad
+from train_classifier import keras, load_saved_model, plot_confusion  # noqa: E402  (keras imported quietly there)
 
 
 def parse_args(argv=None):
@@ -98,6 +94,7 @@ def scores(probs, emb, y, classes, reference_emb=None) -> dict:
 
 
 def run(args):
+    ad.remove_stale_temporaries(args.out, Path(args.out) / "cache")
     model, meta = load_saved_model(args.model)
     classes = meta["classes"]
     probs, emb, y, _ = embed(model, meta, args.generated, args, "generated")

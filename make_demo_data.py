@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+import audio_data as ad
+
 CLASSES = ("clap", "cymbal", "hihat", "kick", "snare", "tom")
 SAMPLE_RATES = (16000, 22050, 44100, 48000)
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
@@ -110,7 +112,8 @@ def build(out: Path, seed: int, train_per_class: int, test_per_class: int) -> No
     if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
         sys.exit(f"error: {out} exists and was not made by this script; refusing to overwrite it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    ad.remove_stale_temporaries(out.parent)  # what a killed earlier build left
+    tmp = Path(tempfile.mkdtemp(prefix=ad.temporary_prefix(out.name), dir=out.parent))
     try:
         write_clips(tmp, np.random.default_rng(seed), train_per_class, test_per_class)
         (tmp / MARKER).touch()

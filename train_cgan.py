@@ -36,6 +36,7 @@ import audio_data as ad  # noqa: E402
 from cgan_model import Discriminator, Generator  # noqa: E402
 
 CHECKPOINT = "cgan_checkpoint.pt"
+CHECKPOINT_FORMAT = "audio-clip-ml/cgan/2"  # 2: plain types only, loadable with weights_only=True
 DYNAMIC_RANGE_DB = 80.0  # spectrogram levels kept below each data set's loudest bin
 
 
@@ -164,31 +165,63 @@ def translate_time(x, max_frac=0.125):
 # ----------------------------------------------------------------------------
 
 def save_checkpoint(path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rng):
-    state = {"G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(),
+    """Everything a resumed run needs, as tensors and plain types only.
+
+    So the file loads with torch.load(weights_only=True): a checkpoint is data that
+    travels between people, and loading one must not be able to run code.
+    """
+    np_state = np.random.get_state()
+    state = {"format": CHECKPOINT_FORMAT, "G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict(),
              "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history,
-             "meta": meta, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                   "python": random.getstate(), "data": data_rng.get_state(),
+             "meta": meta, "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                                   "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)),
+                                             "pos": np_state[2], "has_gauss": np_state[3], "gauss": np_state[4]},
+                                   "data": data_rng.get_state(),
                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
     with ad.atomic_output(path) as tmp:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path):
-    if not Path(path).exists():
+def load_checkpoint(path) -> dict:
+    """A checkpoint of this script, read without running anything in the file."""
+    path = Path(path)
+    if not path.exists():
         raise ad.DataError(f"checkpoint {path} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a file that is not one of ours
-        raise ad.DataError(f"cannot read checkpoint {path}: {e}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # foreign, corrupt or truncated files, and pickles that would run code
+        raise not_our_checkpoint(path, _first_line(e)) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise not_our_checkpoint(path, "no marker of this script's checkpoint format")
+    try:  # the models it describes must be ours, with its weights fitting them
+        build_models(state["meta"], torch.device("cpu"), state)
+    except Exception as e:
+        raise not_our_checkpoint(path, f"its models do not fit: {_first_line(e)}") from None
+    return state
 
 
-def build_models(meta, device):
+def not_our_checkpoint(path, reason: str) -> ad.DataError:
+    return ad.DataError(f"{path} is not a cGAN checkpoint of this script ({reason})")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    # torch names the refused object on a line of its own; that line is the reason.
+    refused = [line.strip() for line in text.splitlines() if "Unsupported" in line]
+    return (refused or text.splitlines() or [type(e).__name__])[0][:200]
+
+
+def build_models(meta, device, state=None):
+    """Generator, discriminator and the generator's moving average; with the weights of `state` if given."""
     cfg = ad.FeatureConfig.from_dict(meta["features"])
     n_classes, args = len(meta["classes"]), meta["model"]
-    G = Generator(n_classes, cfg.n_mels, cfg.n_frames, args["latent_dim"], args["width"]).to(device)
-    D = Discriminator(n_classes, args["width"]).to(device)
+    G = Generator(n_classes, cfg.n_mels, cfg.n_frames, args["latent_dim"], args["width"])
+    D = Discriminator(n_classes, args["width"])
     ema = AveragedModel(G, avg_fn=ema_with_warmup(args["ema"]), use_buffers=True)
-    return G, D, ema
+    if state is not None:
+        for model, key in ((G, "G"), (D, "D"), (ema, "ema")):
+            model.load_state_dict(state[key])
+    return G.to(device), D.to(device), ema.to(device)
 
 
 def ema_with_warmup(decay: float):
@@ -240,7 +273,7 @@ def train(args, out: Path, device):
         "classes": classes, "features": cfg.to_dict(), "scale": scale,
         "model": {"latent_dim": args.latent_dim, "width": args.width, "ema": args.ema, "loss": args.loss}}
     loss_kind = meta["model"]["loss"]
-    G, D, ema = build_models(meta, device)
+    G, D, ema = build_models(meta, device, state)
     # (0.5, 0.999) is the classic DCGAN setting for BCE; spectral-norm hinge and WGAN-GP train
     # better without first-moment momentum (SNGAN, BigGAN).
     betas = (0.5, 0.999) if loss_kind == "bce" else (0.0, 0.9)
@@ -249,13 +282,13 @@ def train(args, out: Path, device):
     data_rng = torch.Generator().manual_seed(args.seed)
     history, start_epoch = [], 1
     if state:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        ema.load_state_dict(state["ema"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-        restore_rng(state["rng"], data_rng)
+        try:
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
+            restore_rng(state["rng"], data_rng)
+        except Exception as e:
+            raise not_our_checkpoint(checkpoint_path, f"its training state does not fit: {_first_line(e)}") from None
         print(f"resuming {checkpoint_path} after epoch {state['epoch']}")
 
     loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True, generator=data_rng,
@@ -272,7 +305,7 @@ def train(args, out: Path, device):
             z = torch.randn(len(real), meta["model"]["latent_dim"], device=device)
             sums += [*train_step(G, D, ema, opt_g, opt_d, real.to(device), labels.to(device), z, loss_kind,
                                  args.mode_seeking), 1]
-        history.append({"epoch": epoch, "loss_d": sums[0] / sums[2], "loss_g": sums[1] / sums[2]})
+        history.append({"epoch": epoch, "loss_d": float(sums[0] / sums[2]), "loss_g": float(sums[1] / sums[2])})
         save_checkpoint(checkpoint_path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rng)
         write_losses(history, out)
         if epoch % args.sample_every == 0 or epoch == args.epochs:
@@ -287,7 +320,9 @@ def train(args, out: Path, device):
 
 def restore_rng(rng, data_rng):
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
+    np_state = rng["numpy"]
+    np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
     random.setstate(rng["python"])
     data_rng.set_state(rng["data"])
     if rng["cuda"] is not None and torch.cuda.is_available():
@@ -368,8 +403,7 @@ def generate(checkpoint_path, out: Path, samples_per_class: int, gl_iters: int, 
     meta = state["meta"]
     cfg = ad.FeatureConfig.from_dict(meta["features"])
     classes = meta["classes"]
-    _, _, ema = build_models(meta, torch.device("cpu"))
-    ema.load_state_dict(state["ema"])
+    _, _, ema = build_models(meta, torch.device("cpu"), state)
     ema.eval()
     torch.manual_seed(seed)
     labels = torch.arange(len(classes)).repeat_interleave(samples_per_class)
@@ -397,6 +431,8 @@ def generate(checkpoint_path, out: Path, samples_per_class: int, gl_iters: int, 
 def run(args):
     start = time.time()
     out = Path(args.out)
+    ad.remove_stale_temporaries(out, out / "cache", out / "samples", out / "generated",
+                                *(out / "generated").glob("*/"), Path(args.checkpoint or out).parent)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)

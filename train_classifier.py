@@ -23,19 +23,21 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter is not for users
 
-import keras  # noqa: E402
+import audio_data as ad  # noqa: E402
+
+with ad.native_info_logs_hidden():
+    import keras  # noqa: E402
+    import tensorflow as tf  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, classification_report, f1_score  # noqa: E402
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split  # noqa: E402
 from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
-import audio_data as ad  # noqa: E402
 from cnn_model import build_cnn  # noqa: E402
 from spec_augment import SpecAugmenter, mixup  # noqa: E402
 
@@ -323,11 +325,30 @@ def save_model(model, meta: dict, out: Path) -> Path:
 
 
 def load_saved_model(path: str):
+    """A classifier saved by this script, and its settings; nothing in the files is run.
+
+    Keras's safe mode refuses the one part of a .keras file that holds code (Lambda
+    layers' pickled functions); whatever Keras refuses or cannot read is a one-line error.
+    """
     path = Path(path)
     meta_path = path.with_suffix(".json")
-    if not path.exists() or not meta_path.exists():
-        raise ad.DataError(f"--model needs {path} and {meta_path} (both are written by a training run)")
-    return keras.models.load_model(path), json.loads(meta_path.read_text())
+    if path.suffix != ".keras" or not path.exists() or not meta_path.exists():
+        raise ad.DataError(f"--model needs a classifier.keras and its .json beside it, both written by a training "
+                           f"run ({path}, {meta_path})")
+    try:
+        meta = json.loads(meta_path.read_text())
+        ad.FeatureConfig.from_dict(meta["features"])
+        if not meta["classes"] or len(meta["train_counts"]) != len(meta["classes"]):
+            raise ValueError("classes and train_counts disagree")
+    except Exception as e:
+        raise ad.DataError(f"{meta_path} is not a classifier.json of this script ({ad.short_reason(e)})") from None
+    try:
+        model = keras.models.load_model(path, safe_mode=True)
+    except Exception as e:
+        raise ad.DataError(f"{path} is not a classifier of this script ({ad.short_reason(e)})") from None
+    if model.output_shape[-1] != len(meta["classes"]):
+        raise ad.DataError(f"{path} predicts {model.output_shape[-1]} classes, {meta_path} names {len(meta['classes'])}")
+    return model, meta
 
 
 def natural_key(text: str):
@@ -387,6 +408,7 @@ def run(args):
     start = time.time()
     out = Path(args.out)
     cache_dir = out / "cache"
+    ad.remove_stale_temporaries(out, cache_dir)
     set_up_device(args)
     if args.model:
         model, meta = load_saved_model(args.model)

@@ -1,6 +1,8 @@
 """The shared loader, on real files written by the tests: formats, layouts, bad files, cache."""
 import json
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -216,3 +218,52 @@ def test_feature_config_round_trips_through_json():
     cfg = ad.FeatureConfig(sr=8000, duration=1.5, n_mels=20, fmax=3000.0)
     assert ad.FeatureConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.n_samples == 12000 and cfg.n_frames == 1 + math.floor(12000 / 512)
+
+
+@pytest.mark.parametrize("amplitude", [0.0, 1e-12, 1e-7])
+def test_silence_and_near_silence_sit_exactly_on_the_floor(amplitude):
+    """The floor holds exactly on every CPU: float32 log10 rounds differently with AVX-512."""
+    cfg = ad.FeatureConfig(sr=16000, duration=0.5, n_mels=64, n_fft=512, hop_length=128)
+    wave = amplitude * np.random.default_rng(0).standard_normal(cfg.n_samples).astype(np.float32)
+    mel = ad.log_mel(wave, cfg)
+    assert mel.dtype == np.float32 and mel.min() == ad.DB_FLOOR
+    if amplitude < 1e-9:
+        assert (mel == ad.DB_FLOOR).all()
+
+
+def test_stale_temporaries_of_dead_runs_are_removed_and_nothing_else(tmp_path):
+    import subprocess
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale_file = tmp_path / f".epoch_0005.{dead}.part-ab12cd_3.png"
+    stale_dir = tmp_path / f".features.{dead}.part-zz9yy8xx"
+    live = tmp_path / f".losses.{os.getpid()}.part-ab12cd34.csv"  # a running process's: kept
+    users = [tmp_path / ".DS_Store", tmp_path / ".epoch-notours.png", tmp_path / f".notes.{dead}.part-x.txt",
+             tmp_path / "epoch_0005.png"]
+    for path in [stale_file, live, *users]:
+        path.write_bytes(b"x")
+    stale_dir.mkdir()
+    (stale_dir / "features.npy").write_bytes(b"x")
+    assert ad.remove_stale_temporaries(tmp_path, tmp_path / "missing") == 2
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert live.exists() and all(p.exists() for p in users)
+
+
+def test_atomic_output_names_its_temporary_so_a_later_run_can_tell_it_is_stale(tmp_path):
+    with ad.atomic_output(tmp_path / "report.json") as tmp:
+        assert tmp.suffix == ".json" and tmp.parent == tmp_path
+        assert ad.remove_stale_temporaries(tmp_path) == 0  # ours, and we are alive
+        tmp.write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_native_info_logs_are_hidden_and_warnings_kept(capfd, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    with ad.native_info_logs_hidden():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1795629441.415197    2899 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"W0000 00:00:1795629441.415197    2899 x.cc:1] a real warning\n")
+        print("python's own warning", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert "absl::InitializeLog" not in err and "oneDNN" not in err
+    assert "a real warning" in err and "python's own warning" in err

@@ -65,8 +65,9 @@ def test_resumed_run_matches_an_uninterrupted_one(data, tmp_path):
     assert run(data, tmp_path / "straight", "--epochs", "3") == 0
     assert run(data, tmp_path / "resumed", "--epochs", "1") == 0
     assert run(data, tmp_path / "resumed", "--epochs", "3", "--resume") == 0
-    a = torch.load(tmp_path / "straight" / "cgan_checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "resumed" / "cgan_checkpoint.pt", weights_only=False)
+    # weights_only=True: the checkpoint holds nothing but tensors and plain values.
+    a = torch.load(tmp_path / "straight" / "cgan_checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "cgan_checkpoint.pt", weights_only=True)
     assert b["epoch"] == 3 and [h["epoch"] for h in b["history"]] == [1, 2, 3]
     for key in a["G"]:
         torch.testing.assert_close(a["G"][key], b["G"][key])
@@ -139,3 +140,60 @@ def test_bad_input_is_a_one_line_error(tmp_path, case, message):
     assert "Traceback" not in res.stderr
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and message in last
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("kind", ["torch_payload", "pickle_payload", "truncated", "text", "foreign_weights",
+                                  "wrong_shapes"])
+@pytest.mark.parametrize("mode", ["--generate-only", "--resume"])
+def test_a_file_that_is_not_our_checkpoint_is_refused_and_nothing_in_it_runs(trained, tmp_path, kind, mode):
+    import pickle
+    marker = tmp_path / "payload_ran"
+    bad = tmp_path / "cgan_checkpoint.pt"
+    good = trained / "cgan_checkpoint.pt"
+    if kind == "torch_payload":  # a real torch zip file with a code-running object inside
+        state = torch.load(good, weights_only=True)
+        state["history"] = Payload(marker)
+        torch.save(state, bad)
+    elif kind == "pickle_payload":  # a bare pickle, the legacy torch format
+        bad.write_bytes(pickle.dumps({"G": Payload(marker)}))
+    elif kind == "truncated":
+        bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "text":
+        bad.write_text("this is not a checkpoint\n")
+    elif kind == "foreign_weights":  # a valid torch file of someone else's model
+        torch.save(torch.nn.Linear(3, 2).state_dict(), bad)
+    else:  # our format marker, but weights that fit no model of ours
+        state = torch.load(good, weights_only=True)
+        state["G"] = {k: v.reshape(-1)[:1] for k, v in state["G"].items()}
+        torch.save(state, bad)
+    res = run_cli("--data-dir", str(tmp_path / "none"), "--out", str(tmp_path), mode, "--epochs", "3",
+                  "--checkpoint", str(bad))
+    assert not marker.exists(), "the checkpoint's payload ran"
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {bad} is not a cGAN checkpoint of this script ("), last
+
+
+def test_stale_temporaries_of_a_killed_run_are_removed(data, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = [tmp_path / "samples" / f".epoch_0005.{dead}.part-abcd1234.png",
+             tmp_path / f".cgan_checkpoint.{dead}.part-abcd1234.pt",
+             tmp_path / "generated" / "low" / f".low_001.{dead}.part-abcd1234.wav"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
+    (tmp_path / "cache" / f".features.{dead}.part-abcd1234").mkdir(parents=True)
+    assert run(data, tmp_path, "--epochs", "1") == 0
+    assert not [p for p in tmp_path.rglob(".*")]

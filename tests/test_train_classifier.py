@@ -165,3 +165,35 @@ def test_interrupted_run_resumes(data, tmp_path):
     assert "resuming the interrupted run" in res.stdout
     history = pd.read_csv(out / "history.csv")
     assert history.epoch.tolist() == list(range(40))
+
+
+@pytest.mark.parametrize("kind", ["lambda_payload", "not_a_model", "foreign_json"])
+def test_a_model_file_that_is_not_ours_is_refused_and_nothing_in_it_runs(data, trained, tmp_path, kind):
+    import shutil
+
+    import keras
+    marker = tmp_path / "payload_ran"
+    model = tmp_path / "classifier.keras"
+    shutil.copy(trained / "classifier.json", tmp_path / "classifier.json")
+    if kind == "lambda_payload":  # Keras would run this function's bytecode on load without safe mode
+        inputs = keras.Input((16, 5))
+        touch = eval(f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]")  # the path inside the bytecode
+        outputs = keras.layers.Dense(3)(keras.layers.Flatten()(keras.layers.Lambda(touch)(inputs)))
+        marker.unlink()  # building the model called it once, here, in the test
+        keras.Model(inputs, outputs).save(model)
+    elif kind == "not_a_model":
+        model.write_text("hello")
+    else:
+        shutil.copy(trained / "classifier.keras", model)
+        (tmp_path / "classifier.json").write_text('{"some": "other file"}')
+    res = run_cli("--model", str(model), "--test-dir", str(data / "test"), "--out", str(tmp_path / "out"))
+    assert not marker.exists(), "the model file's code ran"
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "is not a classifier" in last, last
+
+
+def test_no_tensorflow_start_up_noise():
+    res = run_cli("--help")
+    assert res.returncode == 0
+    assert "absl::InitializeLog" not in res.stderr and "oneDNN" not in res.stderr, res.stderr
