@@ -9,7 +9,7 @@ DEMO_FEATURES := --sr 16000 --duration 1.5 --n-mels 64 --n-fft 1024 --hop-length
 DEMO_CGAN := --data-dir $(DEMO)/train --sr 16000 --duration 1.0 --n-mels 64 --width 16 --samples-per-class 20
 STAMP := $(VENV)/.installed
 
-.PHONY: demo untrained-gan test bench results venv clean
+.PHONY: demo untrained-gan test bench bench-accuracy results venv clean
 
 # Rebuilt only when the requirements change; pip's per-package index warnings are noise here.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -43,7 +43,15 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
-# docs/RESULTS.md and its pictures, from the last `make bench`.
+# Test accuracy on real data sets (DATA: folders with train/, test/, answers.csv; @SECONDS sets
+# --duration), ours beside the seed-style CNN and a linear model; merges rows into bench/accuracy.json.
+# About 25 minutes for the two dev sets of ../shared/devsets/build_devsets.py on 2 cores.
+DEVSETS := $(HOME)/.cache/audio-devsets
+DATA ?= $(DEVSETS)/drums@2.0 $(DEVSETS)/instruments@1.0
+bench-accuracy: $(STAMP)
+	$(PY) bench/bench_accuracy.py $(DATA)
+
+# docs/RESULTS.md and its pictures, from the last `make bench` (and `make bench-accuracy`).
 results: $(STAMP)
 	$(PY) bench/results_page.py
 

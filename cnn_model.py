@@ -16,17 +16,27 @@ def conv_block(x, filters: int, dropout: float):
 
 
 def build_cnn(n_mels: int, n_frames: int, n_classes: int, mean: float, variance: float,
-              width: int = 32, blocks: int = 4, dropout: float = 0.3) -> keras.Model:
+              width: int = 32, blocks: int = 4, dropout: float = 0.3, level: str = "dataset",
+              top_db: float = 80.0, name: str = "cnn") -> keras.Model:
     """A VGG-style CNN; channels double with each block.
 
     The input is the raw dB spectrogram; normalisation with the training set's
     statistics is the first layer, so a saved model needs nothing else to predict.
+    With level="clip", each clip is first taken relative to its own loudest bin
+    and floored `top_db` below it, as librosa.power_to_db(ref=np.max) does (mean
+    and variance must then be those of such clips): how loud a clip was recorded
+    says nothing about its class, and what lies far below its peak (a sampler's
+    noise floor, a decay's last tail) is more the recording's than the sound's.
     After the convolutions, the frequency axis is folded into the channels and
     only time is pooled (mean and max): where a sound sits in frequency matters,
     when it happens in the clip does not.
     """
     inputs = keras.Input(shape=(n_mels, n_frames), name="log_mel_db")
     x = layers.Reshape((n_mels, n_frames, 1))(inputs)
+    if level == "clip":
+        x = layers.Subtract(name="relative_to_peak")([x, layers.GlobalMaxPooling2D(keepdims=True)(x)])
+        if top_db > 0:  # max(x, -top_db), from built-in layers so the model loads in safe mode
+            x = layers.Rescaling(1.0, offset=-top_db)(layers.ReLU(max_value=top_db)(layers.Rescaling(1.0, offset=top_db)(x)))
     x = layers.Normalization(axis=None, mean=mean, variance=variance)(x)
     for i in range(blocks):
         x = conv_block(x, width * 2**i, dropout * (i + 1) / blocks)
@@ -39,4 +49,4 @@ def build_cnn(n_mels: int, n_frames: int, n_classes: int, mean: float, variance:
     x = layers.Dropout(dropout)(x)
     # float32 output keeps softmax stable under mixed precision.
     outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="class_probs")(x)
-    return keras.Model(inputs, outputs, name="cnn")
+    return keras.Model(inputs, outputs, name=name)

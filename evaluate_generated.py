@@ -74,8 +74,11 @@ def embed(model, meta, root, args, desc):
     keep = [i for i in np.flatnonzero(feats.ok) if labels[i] in classes]
     if not keep:
         raise ad.DataError(f"no usable clips of the classifier's classes in {root}")
-    both = keras.Model(model.inputs, [model.output, model.get_layer("embedding").output])
-    probs, emb = both.predict(np.asarray(feats.x[keep]), batch_size=64, verbose=0)
+    x = np.asarray(feats.x[keep])
+    probs = model.predict(x, batch_size=64, verbose=0)
+    # An ensemble of folds (train_classifier.py --folds) embeds with its first member.
+    member = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    emb = keras.Model(member.inputs, member.get_layer("embedding").output).predict(x, batch_size=64, verbose=0)
     y = np.array([classes.index(labels[i]) for i in keep])
     return probs, emb, y, [paths[i] for i in keep]
 

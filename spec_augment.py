@@ -18,25 +18,34 @@ import tensorflow as tf
 LN10_OVER_10 = math.log(10.0) / 10.0
 
 
+AUGMENTATIONS = ("pitch", "speed", "shift", "gain", "eq", "noise", "masks")
+
+
 class SpecAugmenter:
     """Random pitch shift, speed change, time shift, gain, EQ, background noise and masks.
 
     `strength` scales every range at once: 0 switches augmentation off, 1 is the
-    default, 2 doubles every range.
+    default, 2 doubles every range. `kinds` names the augmentations used (of
+    AUGMENTATIONS); the others are off.
     """
 
-    def __init__(self, cfg, strength: float = 1.0, semitones: float = 2.0, stretch: float = 0.15,
-                 shift: float = 0.1, gain_db: float = 6.0, tilt_db: float = 6.0,
-                 freq_mask: float = 0.1, time_mask: float = 0.1):
+    def __init__(self, cfg, strength: float = 1.0, kinds=AUGMENTATIONS, semitones: float = 2.0,
+                 stretch: float = 0.15, shift: float = 0.1, gain_db: float = 6.0, tilt_db: float = 6.0,
+                 freq_mask: float = 0.1, time_mask: float = 0.1, noise_share: float = 0.5):
+        unknown = set(kinds) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
+        on = {k: strength * (k in kinds) for k in AUGMENTATIONS}
         self.n_mels, self.n_frames = cfg.n_mels, cfg.n_frames
-        self.semitones = semitones * strength
-        self.stretch = stretch * strength
-        self.shift = shift * strength
-        self.gain_db = gain_db * strength
-        self.tilt_db = tilt_db * strength
-        self.freq_mask = int(round(freq_mask * strength * cfg.n_mels))
-        self.time_mask = int(round(time_mask * strength * cfg.n_frames))
-        self.enabled = strength > 0
+        self.semitones = semitones * on["pitch"]
+        self.stretch = stretch * on["speed"]
+        self.shift = shift * on["shift"]
+        self.gain_db = gain_db * on["gain"]
+        self.tilt_db = tilt_db * on["eq"]
+        self.noise_share = noise_share * min(1.0, on["noise"])
+        self.freq_mask = int(round(freq_mask * on["masks"] * cfg.n_mels))
+        self.time_mask = int(round(time_mask * on["masks"] * cfg.n_frames))
+        self.enabled = strength > 0 and bool(kinds)
         self.pitch_table = tf.constant(_pitch_shift_table(cfg, self.semitones), tf.float32)
 
     def __call__(self, x, seed):
@@ -76,10 +85,10 @@ class SpecAugmenter:
         return x + curve[:, :, None]
 
     def _background_noise(self, x, seed, batch):
-        """Half of the clips get a flat noise floor 25 to 60 dB below their peak."""
+        """A share of the clips (half at strength 1) get a flat noise floor 25 to 60 dB below their peak."""
         s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         below = tf.random.stateless_uniform([batch, 1, 1], s1, 25.0, 60.0)
-        apply = tf.random.stateless_uniform([batch, 1, 1], s2) < 0.5 * min(1.0, self.gain_db / 6.0)
+        apply = tf.random.stateless_uniform([batch, 1, 1], s2) < self.noise_share
         noise = tf.reduce_max(x, axis=[1, 2], keepdims=True) - below
         noisy = tf.math.reduce_logsumexp(tf.stack([x, tf.broadcast_to(noise, tf.shape(x))]) * LN10_OVER_10, 0) / LN10_OVER_10
         return tf.where(apply, noisy, x)

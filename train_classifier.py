@@ -28,6 +28,7 @@ import audio_data as ad  # noqa: E402
 with ad.native_info_logs_hidden():
     import keras  # noqa: E402
     import tensorflow as tf  # noqa: E402
+    from keras import layers  # noqa: E402
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
@@ -35,13 +36,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, classification_report, f1_score  # noqa: E402
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split  # noqa: E402
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split  # noqa: E402
 from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
 from cnn_model import build_cnn  # noqa: E402
-from spec_augment import SpecAugmenter, mixup  # noqa: E402
+from spec_augment import AUGMENTATIONS, SpecAugmenter, mixup  # noqa: E402
 
 SUBMISSION = "submission_cnn_v2.csv"
+# All but pitch shift: see docs/RESULTS.md's ablation table.
+DEFAULT_AUGMENTATIONS = [a for a in AUGMENTATIONS if a != "pitch"]
 
 
 # ----------------------------------------------------------------------------
@@ -77,11 +80,25 @@ def parse_args(argv=None):
     g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (halved on plateaus)")
     g.add_argument("--patience", type=int, default=10, help="epochs without validation improvement before stopping")
     g.add_argument("--val-split", type=float, default=0.2, help="fraction held out for validation (stratified); 0 trains on all")
+    g.add_argument("--folds", type=int, default=1,
+                   help="K > 1: train K models, each validated on another K-th of the clips (out-of-fold report), "
+                   "and predict with their average")
     g.add_argument("--width", type=int, default=16,
                    help="filters of the first conv block (doubles per block); 16 gives 0.4M parameters, 32 gives 1.4M")
-    g.add_argument("--dropout", type=float, default=0.3)
-    g.add_argument("--augment", type=float, default=1.0, help="augmentation strength: 0 off, 1 default ranges, 2 double")
-    g.add_argument("--mixup", type=float, default=0.2, help="mixup alpha; 0 turns mixup off")
+    g.add_argument("--dropout", type=float, default=0.1,
+                   help="dropout of the last conv block and the head (earlier blocks get less)")
+    g.add_argument("--level", choices=["clip", "dataset"], default="clip",
+                   help="clip: each clip relative to its own peak (recording level ignored); dataset: absolute dB")
+    g.add_argument("--top-db", type=float, default=80.0,
+                   help="with --level clip: levels more than this far below a clip's peak are floored (0: none)")
+    g.add_argument("--epoch-clips", type=int, default=0,
+                   help="augmented clips drawn per epoch, at least one pass over the training clips")
+    g.add_argument("--augment", type=float, default=0.5,
+                   help="augmentation strength: 0 off, 1 the full ranges (pitch +-2 semitones, speed +-15%%, ...)")
+    g.add_argument("--augmentations", nargs="*", choices=AUGMENTATIONS, default=DEFAULT_AUGMENTATIONS,
+                   help="which augmentations to use (pitch shift moves a sound's spectral envelope too, "
+                   "and cost accuracy on real recordings)")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha; 0 turns mixup off")
     g.add_argument("--seed", type=int, default=0, help="same seed, same result (on the CPU)")
     g.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU (ignored on the CPU)")
     return p.parse_args(argv)
@@ -142,6 +159,25 @@ def split_train_val(y, paths, val_split, group_regex, seed, classes=None):
     return np.sort(np.r_[train, idx[rare]]), np.sort(val)
 
 
+def validation_splits(y, paths, args, classes) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) index pairs: one split, or with --folds K, K stratified folds."""
+    if args.folds <= 1:
+        return [split_train_val(y, paths, args.val_split, args.group_regex, args.seed, classes)]
+    groups = [recording_of(p, re.compile(args.group_regex)) for p in paths] if args.group_regex else None
+    folds = (StratifiedGroupKFold if groups else StratifiedKFold)(args.folds, shuffle=True, random_state=args.seed)
+    try:
+        return list(folds.split(np.zeros(len(y)), y, groups))
+    except ValueError as e:
+        raise ad.DataError(f"cannot make {args.folds} folds: {e}") from None
+
+
+def ensemble(models) -> keras.Model:
+    """One model that averages the members' class probabilities: saved, loaded and used like one CNN."""
+    inputs = keras.Input(models[0].input_shape[1:], name="log_mel_db")
+    outputs = layers.Average(name="class_probs")([m(inputs) for m in models])
+    return keras.Model(inputs, outputs, name="cnn_ensemble")
+
+
 def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0, seed=0):
     """Batches of (log-mel, one-hot) read by row from the memory-mapped features.
 
@@ -174,11 +210,19 @@ def predict_rows(model, x, rows, batch_size):
     return model.predict(make_dataset(x, rows, no_labels, batch_size), verbose=0)
 
 
-def feature_stats(x, rows, chunk=512):
-    """Mean and variance of the training features, in chunks: the memory map is never loaded whole."""
+def feature_stats(x, rows, top_db=None, chunk=512):
+    """Mean and variance of the training features, in chunks: the memory map is never loaded whole.
+
+    With top_db, of the features as the model sees them with level="clip": relative
+    to each clip's peak, floored top_db below it (0: not floored).
+    """
     total = total_sq = 0.0
     for start in range(0, len(rows), chunk):
         part = np.asarray(x[rows[start:start + chunk]], dtype=np.float64)
+        if top_db is not None:
+            part -= part.max(axis=(1, 2), keepdims=True)
+            if top_db > 0:
+                part = np.maximum(part, -top_db)
         total += part.sum()
         total_sq += np.square(part).sum()
     n = len(rows) * x.shape[1] * x.shape[2]
@@ -233,15 +277,16 @@ class FinishEpochOnInterrupt(keras.callbacks.Callback):
         signal.signal(signal.SIGINT, self.previous_handler)
 
 
-def train(args, x, rows, y, classes, train_idx, val_idx, state: Path):
+def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"):
     n_classes = len(classes)
     onehot = np.eye(n_classes, dtype=np.float32)[y]
-    mean, variance = feature_stats(x, rows[train_idx])
+    mean, variance = feature_stats(x, rows[train_idx], top_db=args.top_db if args.level == "clip" else None)
     cfg = feature_config(args)
-    model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout)
+    model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout,
+                      level=args.level, top_db=args.top_db, name=name)
     model.compile(optimizer=keras.optimizers.Adam(args.lr), loss="categorical_crossentropy", metrics=["accuracy"])
 
-    augmenter = SpecAugmenter(cfg, strength=args.augment)
+    augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations)
     train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], args.batch_size, augmenter, args.mixup, args.seed)
     has_val = len(val_idx) > 0
     val_ds = make_dataset(x, rows[val_idx], onehot[val_idx], args.batch_size) if has_val else None
@@ -266,7 +311,8 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path):
     ]
     print(f"training on {len(train_idx)} clips, validating on {len(val_idx)}; "
           f"{model.count_params():,} parameters; up to {args.epochs} epochs")
-    model.fit(train_ds, steps_per_epoch=math.ceil(len(train_idx) / args.batch_size), epochs=args.epochs,
+    steps = math.ceil(max(len(train_idx), args.epoch_clips) / args.batch_size)
+    model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
               validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)
     return model
@@ -279,9 +325,11 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path):
 def plot_history(history: pd.DataFrame, path: Path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ["loss", "accuracy"]):
-        ax.plot(history["epoch"] + 1, history[metric], label="train (augmented)")
-        if f"val_{metric}" in history:
-            ax.plot(history["epoch"] + 1, history[f"val_{metric}"], label="validation")
+        for fold, h in history.groupby("fold"):
+            name = f" (fold {fold})" if history["fold"].nunique() > 1 else ""
+            line, = ax.plot(h["epoch"] + 1, h[metric], label=f"train (augmented){name}")
+            if f"val_{metric}" in h:
+                ax.plot(h["epoch"] + 1, h[f"val_{metric}"], "--", color=line.get_color(), label=f"validation{name}")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
@@ -302,9 +350,8 @@ def plot_confusion(y, pred, classes, path, title, ylabel="true class", xlabel="p
     plt.close(fig)
 
 
-def report_validation(model, x, rows, y, classes, batch_size, out: Path) -> dict:
-    """Per-class precision/recall/F1 and the confusion matrix on the validation split."""
-    pred = predict_rows(model, x, rows, batch_size).argmax(axis=1)
+def report_validation(y, pred, classes, out: Path) -> dict:
+    """Per-class precision/recall/F1 and the confusion matrix of validation predictions."""
     text = classification_report(y, pred, labels=range(len(classes)), target_names=classes, digits=3, zero_division=0)
     with ad.atomic_output(out / "classification_report.txt") as tmp:
         tmp.write_text(text)
@@ -421,31 +468,50 @@ def run(args):
         ad.warn(f"test folder {args.test_dir} does not exist: the model will be trained and saved, "
                 f"but no submission written (use --train-only to train on purpose)")
     x, rows, y, classes, paths = load_training_set(args, cfg, cache_dir)
-    train_idx, val_idx = split_train_val(y, paths, args.val_split, args.group_regex, args.seed, classes)
+    splits = validation_splits(y, paths, args, classes)
     print(f"{len(y)} usable clips in {len(classes)} classes: {', '.join(classes)}")
 
     state = out / "train_state"
     settings = {k: v for k, v in vars(args).items() if k not in ("workers", "train_only", "test_dir", "drop_extension")}
     prepare_state_dir(state, {**settings, "features": cfg.to_dict(), "n_clips": len(y)})
-    model = train(args, x, rows, y, classes, train_idx, val_idx, state)
+    models, histories, val_pred = [], [], {}
+    for k, (train_idx, val_idx) in enumerate(splits):
+        fold_state = state / f"fold_{k}" if len(splits) > 1 else state
+        finished = fold_state / "finished.keras"  # a resumed run skips the folds already done
+        if finished.exists():
+            model = keras.models.load_model(finished, safe_mode=True)
+        else:
+            if len(splits) > 1:
+                print(f"fold {k + 1} of {len(splits)}")
+                fold_state.mkdir(exist_ok=True)
+            model = train(args, x, rows, y, classes, train_idx, val_idx, fold_state, name=f"cnn_{k}")
+            if len(splits) > 1:
+                model.save(finished)
+        models.append(model)
+        histories.append(pd.read_csv(fold_state / "history.csv").drop_duplicates("epoch", keep="last").assign(fold=k))
+        if len(val_idx):
+            val_pred.update(zip(val_idx, predict_rows(model, x, rows[val_idx], args.batch_size).argmax(axis=1)))
+    model = models[0] if len(models) == 1 else ensemble(models)
 
-    history = pd.read_csv(state / "history.csv").drop_duplicates("epoch", keep="last")
+    history = pd.concat(histories, ignore_index=True)
     with ad.atomic_output(out / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
     plot_history(history, out / "training_curves.png")
-    scores = report_validation(model, x, rows[val_idx], y[val_idx], classes, args.batch_size, out) if len(val_idx) else {}
+    val_idx = np.array(sorted(val_pred), dtype=int)
+    scores = report_validation(y[val_idx], np.array([val_pred[i] for i in val_idx]), classes, out) if len(val_idx) else {}
     meta = {"classes": classes, "features": cfg.to_dict(), "train_counts": np.bincount(y).tolist(),
-            "epochs_run": int(len(history)), **scores,
-            # Clips the model never trained on: a fair reference for evaluate_generated.py.
-            "validation_files": sorted(str(paths[i].resolve()) for i in val_idx)}
+            "epochs_run": int(history.groupby("fold").size().max()), "folds": len(models), **scores,
+            # Clips the model never trained on: a fair reference for evaluate_generated.py (none for an
+            # ensemble of folds, whose members together trained on every clip).
+            "validation_files": sorted(str(paths[i].resolve()) for i in val_idx) if len(models) == 1 else []}
     model_path = save_model(model, meta, out)
     shutil.rmtree(state, ignore_errors=True)
 
     print(f"\nsaved {model_path} (+ classifier.json), history.csv, training_curves.png"
           + (", confusion_matrix.png, classification_report.txt" if scores else "") + f" in {out}")
     if scores:
-        print(f"validation: accuracy {scores['val_accuracy']:.3f}, macro F1 {scores['val_macro_f1']:.3f} "
-              f"on {len(val_idx)} clips")
+        print(f"validation{' (out of fold)' if len(models) > 1 else ''}: accuracy {scores['val_accuracy']:.3f}, "
+              f"macro F1 {scores['val_macro_f1']:.3f} on {len(val_idx)} clips")
     if not args.train_only:
         path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)
         print(f"wrote {path}: {n_test} rows ({n_bad} undecodable, given the fallback class)")

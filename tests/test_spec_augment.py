@@ -61,3 +61,15 @@ def test_mixup_blends_examples_and_labels_alike():
     # Each mixed example's level equals its label's weight on class 1, and stays dominated by itself.
     np.testing.assert_allclose(np.asarray(mx).mean(axis=(1, 2)), np.asarray(my)[:, 1], atol=1e-6)
     assert my[0, 0] >= 0.5 and my[1, 1] >= 0.5
+
+
+def test_only_the_chosen_augmentations_run():
+    """Gain alone moves every bin of a clip by one amount; nothing else changes its shape."""
+    x = tf.constant(tone_batch([440.0, 880.0, 1760.0]))
+    gained = np.asarray(SpecAugmenter(CFG, kinds=["gain"])(x, tf.constant([5, 5], tf.int64)))
+    offsets = gained - np.asarray(x)
+    np.testing.assert_allclose(offsets, offsets[:, :1, :1] * np.ones_like(offsets), atol=1e-4)
+    assert np.abs(offsets[:, 0, 0]).max() > 0.1
+    np.testing.assert_array_equal(SpecAugmenter(CFG, kinds=[])(x, tf.constant([5, 5], tf.int64)), x)
+    with pytest.raises(ValueError, match="unknown augmentations"):
+        SpecAugmenter(CFG, kinds=["reverb"])

@@ -197,3 +197,21 @@ def test_no_tensorflow_start_up_noise():
     res = run_cli("--help")
     assert res.returncode == 0
     assert "absl::InitializeLog" not in res.stderr and "oneDNN" not in res.stderr, res.stderr
+
+
+def test_folds_train_an_ensemble_with_an_out_of_fold_report(data, tmp_path):
+    import json
+
+    import keras
+    assert run(data, tmp_path, "--epochs", "3", "--folds", "3") == 0
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    assert meta["folds"] == 3 and meta["validation_files"] == []
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert sorted(history.fold.unique()) == [0, 1, 2] and len(history) == 9
+    # Every training clip was validated once, by the member that did not train on it.
+    report = (tmp_path / "classification_report.txt").read_text()
+    assert f"{3 * 16}" in report.split("accuracy")[1].split("\n")[0]
+    model = keras.models.load_model(tmp_path / "classifier.keras", safe_mode=True)
+    assert [layer.name for layer in model.layers if isinstance(layer, keras.Model)] == ["cnn_0", "cnn_1", "cnn_2"]
+    assert len(pd.read_csv(tmp_path / "submission_cnn_v2.csv")) == 14
+    assert not (tmp_path / "train_state").exists()

@@ -1,0 +1,124 @@
+"""Test accuracy on real data sets: this project's classifier beside the seed-style CNN and a linear model.
+
+    python bench/bench_accuracy.py ~/.cache/audio-devsets/drums@2.0 ~/.cache/audio-devsets/instruments@1.0
+
+Each data set is a folder with train/<class>/*.wav, test/*.wav and answers.csv
+(ID without the extension, Class), such as ../shared/devsets/build_devsets.py makes;
+`@SECONDS` sets --duration for it (default 2.0). Every model is trained from cold
+(no feature cache) on train/, predicts test/, and is scored against answers.csv:
+accuracy, macro F1 and wall time, printed as one table and written as JSON rows.
+
+`--variant NAME="FLAGS"` adds runs of train_classifier.py with FLAGS on top of the
+README's CPU command: the rows of the results page's ablation table.
+"""
+import argparse
+import datetime
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from sklearn.metrics import accuracy_score, f1_score
+
+from run import commit, machine
+
+ROOT = Path(__file__).resolve().parent.parent
+# The README's command for a CPU; only --duration changes per data set.
+README_FLAGS = ["--epochs", "30", "--n-mels", "64", "--seed", "0"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("data", nargs="+", help="DATA_DIR[@SECONDS]")
+    p.add_argument("--models", nargs="*", default=["ours", "reference", "linear"],
+                   choices=["ours", "reference", "linear"], help="which models to run at their defaults (none: only the --variant runs)")
+    p.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
+                   help="also run ours with these extra flags (repeatable)")
+    p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "accuracy"), help="scratch folder")
+    p.add_argument("--json", default=str(ROOT / "bench" / "accuracy.json"),
+                   help="rows are merged into this file (same data set, model and variant: replaced)")
+    return p.parse_args(argv)
+
+
+def data_sets(specs):
+    for spec in specs:
+        folder, _, seconds = spec.partition("@")
+        folder = Path(folder).expanduser()
+        if not (folder / "answers.csv").is_file():
+            sys.exit(f"error: {folder} has no answers.csv (expected train/, test/ and answers.csv)")
+        yield folder, float(seconds or 2.0)
+
+
+def score(submission: Path, answers: Path) -> dict:
+    key = pd.read_csv(answers, dtype=str)
+    sub = pd.read_csv(submission, dtype=str).drop_duplicates("ID").set_index("ID")["Class"]
+    predicted = key["ID"].map(sub).fillna("")
+    return {"accuracy": accuracy_score(key["Class"], predicted),
+            "macro_f1": f1_score(key["Class"], predicted, average="macro", zero_division=0),
+            "test_clips": len(key)}
+
+
+def command(model: str, folder: Path, seconds: float, out: Path, flags: list[str]) -> tuple[list[str], Path]:
+    data = ["--train-dir", str(folder / "train"), "--test-dir", str(folder / "test"), "--out", str(out)]
+    if model == "ours":
+        return ([sys.executable, str(ROOT / "train_classifier.py"), *data, *README_FLAGS, "--duration", str(seconds),
+                 "--drop-extension", *flags], out / "submission_cnn_v2.csv")
+    kind = "cnn" if model == "reference" else "linear"
+    return ([sys.executable, str(ROOT / "bench" / "seed_reference.py"), kind, *data, "--epochs", "30",
+             "--n-mels", "64", "--seed", "0", "--duration", str(seconds)], out / "submission.csv")
+
+
+def run_one(model, variant, flags, folder, seconds, scratch: Path) -> dict:
+    out = scratch / folder.name / f"{model}-{variant}"
+    subprocess.run(["rm", "-rf", str(out)], check=True)  # cold: no feature cache from an earlier run
+    cmd, submission = command(model, folder, seconds, out, flags)
+    start = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    seconds_taken = time.perf_counter() - start
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.txt").write_text(res.stdout + res.stderr)
+    if res.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed ({res.returncode}); log in {out / 'log.txt'}")
+    row = {"data": folder.name, "duration": seconds, "model": model, "variant": variant, "flags": " ".join(flags),
+           **score(submission, folder / "answers.csv"), "seconds": round(seconds_taken, 1), "commit": commit(),
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta = out / "classifier.json"
+    if meta.exists():
+        m = json.loads(meta.read_text())
+        row.update({k: m.get(k) for k in ("val_accuracy", "epochs_run")})
+    return row
+
+
+def merge(path: Path, rows: list[dict]) -> None:
+    key = lambda r: (r["data"], r["model"], r["variant"])  # noqa: E731
+    old = json.loads(path.read_text())["rows"] if path.exists() else []
+    new_keys = {key(r) for r in rows}
+    path.write_text(json.dumps({"machine": machine(), "rows": [r for r in old if key(r) not in new_keys] + rows},
+                               indent=1))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runs = [(m, "default", []) for m in args.models]
+    for spec in args.variant:
+        name, _, flags = spec.partition("=")
+        runs.append(("ours", name, shlex.split(flags)))
+    rows = []
+    print(f"{'data':12}{'model':11}{'variant':24}{'accuracy':>9}{'macro F1':>9}{'val acc':>8}{'seconds':>9}")
+    for folder, seconds in data_sets(args.data):
+        for model, variant, flags in runs:
+            row = run_one(model, variant, flags, folder, seconds, Path(args.out))
+            rows.append(row)
+            val = f"{row['val_accuracy']:.3f}" if row.get("val_accuracy") is not None else "-"
+            print(f"{row['data']:12}{model:11}{variant:24}{row['accuracy']:9.3f}{row['macro_f1']:9.3f}{val:>8}"
+                  f"{row['seconds']:9.0f}", flush=True)
+    merge(Path(args.json), rows)
+    print(f"rows merged into {args.json}")
+
+
+if __name__ == "__main__":
+    main()
