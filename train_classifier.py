@@ -239,10 +239,11 @@ def prepare_state_dir(state: Path, run_settings: dict) -> bool:
     settings_file = state / "run.json"
     if state.exists():
         same = settings_file.exists() and json.loads(settings_file.read_text()) == run_settings
-        if same and (state / "backup").exists():
+        progress = (state / "backup").exists() or any(state.glob("fold_*"))  # with --folds, one per fold
+        if same and progress:
             print(f"resuming the interrupted run saved in {state}")
             return True
-        if not same and (state / "backup").exists():
+        if not same and progress:
             ad.warn(f"settings differ from the interrupted run in {state}: starting afresh")
         shutil.rmtree(state)
     state.mkdir(parents=True)

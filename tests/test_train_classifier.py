@@ -215,3 +215,28 @@ def test_folds_train_an_ensemble_with_an_out_of_fold_report(data, tmp_path):
     assert [layer.name for layer in model.layers if isinstance(layer, keras.Model)] == ["cnn_0", "cnn_1", "cnn_2"]
     assert len(pd.read_csv(tmp_path / "submission_cnn_v2.csv")) == 14
     assert not (tmp_path / "train_state").exists()
+
+
+def test_clip_level_input_is_relative_to_the_peak_and_floored():
+    import keras
+
+    from cnn_model import build_cnn
+    model = build_cnn(8, 6, 3, 0.0, 1.0, width=4, level="clip", top_db=30)
+    seen = keras.Model(model.inputs, model.get_layer("normalization").output)
+    x = np.random.default_rng(0).uniform(-100, -20, (2, 8, 6)).astype(np.float32)
+    x[1] = x[0] + 20  # the same clip recorded 20 dB louder
+    out = seen.predict(x, verbose=0)[..., 0]
+    np.testing.assert_allclose(out[0], np.maximum(x[0] - x[0].max(), -30), atol=1e-4)
+    np.testing.assert_allclose(out[1], out[0], atol=1e-4)
+
+
+def test_an_interrupted_run_of_folds_is_kept_for_resuming(tmp_path):
+    state = tmp_path / "train_state"
+    settings = {"folds": 3, "seed": 0}
+    assert tc.prepare_state_dir(state, settings) is False
+    (state / "fold_0").mkdir()
+    (state / "fold_0" / "finished.keras").write_bytes(b"model")
+    assert tc.prepare_state_dir(state, settings) is True
+    assert (state / "fold_0" / "finished.keras").exists()
+    assert tc.prepare_state_dir(state, {**settings, "seed": 1}) is False  # other settings: afresh
+    assert not (state / "fold_0").exists()
