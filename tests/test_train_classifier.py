@@ -222,7 +222,8 @@ def test_clip_level_input_is_relative_to_the_peak_and_floored():
 
     from cnn_model import build_cnn
     model = build_cnn(8, 6, 3, 0.0, 1.0, width=4, level="clip", top_db=30)
-    seen = keras.Model(model.inputs, model.get_layer("normalization").output)
+    normalisation = next(layer for layer in model.layers if isinstance(layer, keras.layers.Normalization))
+    seen = keras.Model(model.inputs, normalisation.output)
     x = np.random.default_rng(0).uniform(-100, -20, (2, 8, 6)).astype(np.float32)
     x[1] = x[0] + 20  # the same clip recorded 20 dB louder
     out = seen.predict(x, verbose=0)[..., 0]
