@@ -62,8 +62,19 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(distance, 0.0))  # rounding can leave identical sets a hair below zero
 
 
+def with_embeddings(model) -> keras.Model:
+    """The classifier, also giving its penultimate-layer embeddings; an ensemble of folds
+    (train_classifier.py --folds) embeds with its first member."""
+    member = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
+    embedder = keras.Model(member.inputs, member.get_layer("embedding").output)
+    return keras.Model(model.inputs, [model.output, embedder(model.inputs[0])])
+
+
 def embed(model, meta, root, args, desc):
-    """Class probabilities, penultimate-layer embeddings and class indices of a folder-per-class tree."""
+    """Class probabilities, penultimate-layer embeddings and class indices of a folder-per-class tree.
+
+    `model` is with_embeddings(classifier).
+    """
     classes = meta["classes"]
     paths, labels = ad.find_labelled_clips(root)
     unknown = sorted(set(labels) - set(classes))
@@ -74,11 +85,7 @@ def embed(model, meta, root, args, desc):
     keep = [i for i in np.flatnonzero(feats.ok) if labels[i] in classes]
     if not keep:
         raise ad.DataError(f"no usable clips of the classifier's classes in {root}")
-    x = np.asarray(feats.x[keep])
-    probs = model.predict(x, batch_size=64, verbose=0)
-    # An ensemble of folds (train_classifier.py --folds) embeds with its first member.
-    member = next((layer for layer in model.layers if isinstance(layer, keras.Model)), model)
-    emb = keras.Model(member.inputs, member.get_layer("embedding").output).predict(x, batch_size=64, verbose=0)
+    probs, emb = model.predict(np.asarray(feats.x[keep]), batch_size=64, verbose=0)
     y = np.array([classes.index(labels[i]) for i in keep])
     return probs, emb, y, [paths[i] for i in keep]
 
@@ -98,7 +105,8 @@ def scores(probs, emb, y, classes, reference_emb=None) -> dict:
 
 def run(args):
     ad.remove_stale_temporaries(args.out, Path(args.out) / "cache")
-    model, meta = load_saved_model(args.model)
+    classifier, meta = load_saved_model(args.model)
+    model = with_embeddings(classifier)
     classes = meta["classes"]
     probs, emb, y, _ = embed(model, meta, args.generated, args, "generated")
     report = {"classes": classes}

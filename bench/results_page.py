@@ -103,8 +103,9 @@ def accuracy_section(results_dir: Path) -> list[str]:
         lines += ["", "### Ablations", "",
                   "Each row is this project's classifier with the flags shown on top of the README's command",
                   "and today's defaults: either one of today's defaults undone, or an option that did not earn",
-                  "its place. `make bench-accuracy DATA=... ` with `bench/bench_accuracy.py --variant NAME=\"FLAGS\"`",
-                  "reproduces a row.", "",
+                  "its place. `bench/bench_accuracy.py DATA@SECONDS --models --variant NAME=\"FLAGS\"` reproduces a",
+                  "row. Accuracy does not depend on what else the machine does; the wall times here are for the",
+                  "record only, as some of these runs shared the two cores with other work.", "",
                   "| variant | flags | " + " | ".join(f"{d} accuracy | {d} validation | {d} s" for d in data_sets) + " |",
                   "|---|---|" + "---:|---:|---:|" * len(data_sets)]
         for name in names:

@@ -90,3 +90,16 @@ def test_collapsed_generator_has_a_lower_class_spread_within_classes(classifier)
 def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     assert ev.main(["--model", str(tmp_path / "nope.keras"), "--generated", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip().startswith("error: --model needs")
+
+
+def test_an_ensemble_of_folds_is_scored_with_its_average_and_embeds_with_its_first_member():
+    import keras
+
+    from cnn_model import build_cnn
+    members = [build_cnn(8, 6, 3, -50.0, 100.0, width=4, name=f"cnn_{k}") for k in range(2)]
+    x = np.random.default_rng(0).uniform(-90, -10, (5, 8, 6)).astype(np.float32)
+    probs, emb = ev.with_embeddings(tc.ensemble(members)).predict(x, verbose=0)
+    expected = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    first = keras.Model(members[0].inputs, members[0].get_layer("embedding").output).predict(x, verbose=0)
+    np.testing.assert_allclose(emb, first, atol=1e-5)
