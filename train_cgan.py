@@ -190,13 +190,13 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # foreign, corrupt or truncated files, and pickles that would run code
-        raise not_our_checkpoint(path, _first_line(e)) from None
+        raise not_our_checkpoint(path, _reason(e)) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise not_our_checkpoint(path, "no marker of this script's checkpoint format")
     try:  # the models it describes must be ours, with its weights fitting them
         build_models(state["meta"], torch.device("cpu"), state)
     except Exception as e:
-        raise not_our_checkpoint(path, f"its models do not fit: {_first_line(e)}") from None
+        raise not_our_checkpoint(path, f"its models do not fit: {_reason(e)}") from None
     return state
 
 
@@ -204,11 +204,10 @@ def not_our_checkpoint(path, reason: str) -> ad.DataError:
     return ad.DataError(f"{path} is not a cGAN checkpoint of this script ({reason})")
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    # torch names the refused object on a line of its own; that line is the reason.
-    refused = [line.strip() for line in text.splitlines() if "Unsupported" in line]
-    return (refused or text.splitlines() or [type(e).__name__])[0][:200]
+def _reason(e: Exception) -> str:
+    # torch's refusal of a pickled object is many lines; the one naming the object is the reason.
+    refused = [line.strip() for line in str(e).splitlines() if "unsupported" in line.lower()]
+    return (refused[0] if refused else ad.short_reason(e))[:200]
 
 
 def build_models(meta, device, state=None):
@@ -288,7 +287,7 @@ def train(args, out: Path, device):
             history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
             restore_rng(state["rng"], data_rng)
         except Exception as e:
-            raise not_our_checkpoint(checkpoint_path, f"its training state does not fit: {_first_line(e)}") from None
+            raise not_our_checkpoint(checkpoint_path, f"its training state does not fit: {_reason(e)}") from None
         print(f"resuming {checkpoint_path} after epoch {state['epoch']}")
 
     loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True, generator=data_rng,
