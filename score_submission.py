@@ -9,12 +9,17 @@ import pandas as pd
 from sklearn.metrics import accuracy_score
 
 
-def score(submission_csv, key_csv) -> tuple[float, int]:
-    """Accuracy over the answer key's IDs; an ID missing from the submission counts as wrong."""
+def aligned(submission_csv, key_csv) -> tuple[pd.Series, pd.Series]:
+    """(true, predicted) classes for every ID of the answer key; a missing ID is predicted ''."""
     key = pd.read_csv(key_csv, dtype=str)
     sub = pd.read_csv(submission_csv, dtype=str).drop_duplicates("ID").set_index("ID")["Class"]
-    predicted = key["ID"].map(sub).fillna("")
-    return accuracy_score(key["Class"], predicted), int((predicted == "").sum())
+    return key["Class"], key["ID"].map(sub).fillna("")
+
+
+def score(submission_csv, key_csv) -> tuple[float, int]:
+    """Accuracy over the answer key's IDs; an ID missing from the submission counts as wrong."""
+    true, predicted = aligned(submission_csv, key_csv)
+    return accuracy_score(true, predicted), int((predicted == "").sum())
 
 
 def main():

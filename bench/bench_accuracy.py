@@ -15,17 +15,20 @@ import argparse
 import datetime
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 
 from run import commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from score_submission import aligned  # noqa: E402
 # The README's command for a CPU; only --duration changes per data set.
 README_FLAGS = ["--epochs", "30", "--n-mels", "64", "--seed", "0"]
 
@@ -54,12 +57,9 @@ def data_sets(specs):
 
 
 def score(submission: Path, answers: Path) -> dict:
-    key = pd.read_csv(answers, dtype=str)
-    sub = pd.read_csv(submission, dtype=str).drop_duplicates("ID").set_index("ID")["Class"]
-    predicted = key["ID"].map(sub).fillna("")
-    return {"accuracy": accuracy_score(key["Class"], predicted),
-            "macro_f1": f1_score(key["Class"], predicted, average="macro", zero_division=0),
-            "test_clips": len(key)}
+    true, predicted = aligned(submission, answers)
+    return {"accuracy": accuracy_score(true, predicted),
+            "macro_f1": f1_score(true, predicted, average="macro", zero_division=0), "test_clips": len(true)}
 
 
 def command(model: str, folder: Path, seconds: float, out: Path, flags: list[str]) -> tuple[list[str], Path]:
@@ -74,7 +74,7 @@ def command(model: str, folder: Path, seconds: float, out: Path, flags: list[str
 
 def run_one(model, variant, flags, folder, seconds, scratch: Path) -> dict:
     out = scratch / folder.name / f"{model}-{variant}"
-    subprocess.run(["rm", "-rf", str(out)], check=True)  # cold: no feature cache from an earlier run
+    shutil.rmtree(out, ignore_errors=True)  # cold: no feature cache from an earlier run
     cmd, submission = command(model, folder, seconds, out, flags)
     start = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)

@@ -1,3 +1,4 @@
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,3 +45,9 @@ def make_tone_dataset(root, classes=("low", "high"), per_class=6, seconds=0.5, s
             tone(Path(root) / name / f"{name}_{i}.wav", freq=freqs[name] * (1 + 0.05 * i),
                  sr=fsr, seconds=seconds * (0.6 + 0.2 * (i % 4)), channels=ch, subtype=st)
     return Path(root)
+
+
+def dead_pid() -> str:
+    """The process id of a process that has ended: what a killed run leaves in its temporaries' names."""
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 import audio_data as ad
-from conftest import make_tone_dataset, tone
+from conftest import dead_pid, make_tone_dataset, tone
 
 
 def dominant_freq(wave, sr):
@@ -232,9 +232,7 @@ def test_silence_and_near_silence_sit_exactly_on_the_floor(amplitude):
 
 
 def test_stale_temporaries_of_dead_runs_are_removed_and_nothing_else(tmp_path):
-    import subprocess
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = dead_pid()
     stale_file = tmp_path / f".epoch_0005.{dead}.part-ab12cd_3.png"
     stale_dir = tmp_path / f".features.{dead}.part-zz9yy8xx"
     live = tmp_path / f".losses.{os.getpid()}.part-ab12cd34.csv"  # a running process's: kept

@@ -9,7 +9,7 @@ import torch
 
 import audio_data as ad
 import train_cgan as tg
-from conftest import ROOT, make_tone_dataset, tone
+from conftest import ROOT, dead_pid, make_tone_dataset, tone
 
 TINY = ["--sr", "8000", "--duration", "0.5", "--n-mels", "16", "--n-fft", "256", "--hop-length", "64",
         "--width", "8", "--latent-dim", "8", "--batch-size", "4", "--workers", "1", "--gl-iters", "16",
@@ -186,8 +186,7 @@ def test_a_file_that_is_not_our_checkpoint_is_refused_and_nothing_in_it_runs(tra
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed(data, tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = dead_pid()
     stale = [tmp_path / "samples" / f".epoch_0005.{dead}.part-abcd1234.png",
              tmp_path / f".cgan_checkpoint.{dead}.part-abcd1234.pt",
              tmp_path / "generated" / "low" / f".low_001.{dead}.part-abcd1234.wav"]
