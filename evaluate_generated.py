@@ -11,11 +11,18 @@ and overall it reports:
   alike, at most the number of classes when each is confidently one class and the
   classes are evenly covered;
 - the Fréchet distance between the classifier's penultimate-layer embeddings of real
-  clips and of generated clips (lower is closer to real).
+  clips and of generated clips (lower is closer to real);
+- diversity: the mean distance between two clips of one class, in the same embedding
+  space (a generator that makes one sound per class scores near 0).
 
-With --real-dir, the same figures for real clips the classifier never trained on
-(its validation clips) give the reference line. Writes generation_report.json and
-generation_confusion_matrix.png to --out.
+With --real-dir (the GAN's training clips), the same figures for real clips the
+classifier never trained on (its validation clips) give the reference line, with
+diversity as a ratio to theirs, and a memorisation check: each generated clip's
+distance to its nearest clip in --real-dir, beside each held-out real clip's
+distance to its nearest other real clip. A generator that copies its training set
+has generated clips far closer to a training clip than new real clips are
+(`nearest_real_ratio` well below 1, a large share of `near_copies`). Writes
+generation_report.json and generation_confusion_matrix.png to --out.
 """
 import argparse
 import json
@@ -24,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import linalg
+from scipy.spatial.distance import pdist
+from sklearn.neighbors import NearestNeighbors
 
 import audio_data as ad
 from train_classifier import keras, load_saved_model, plot_confusion  # noqa: E402  (keras imported quietly there)
@@ -62,6 +71,31 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(distance, 0.0))  # rounding can leave identical sets a hair below zero
 
 
+def diversity(emb: np.ndarray) -> float:
+    """Mean Euclidean distance between two clips' embeddings (0 for fewer than two clips)."""
+    return float(pdist(emb).mean()) if len(emb) > 1 else 0.0
+
+
+def nearest_distances(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each query embedding's distance to its nearest reference embedding."""
+    return NearestNeighbors(n_neighbors=1).fit(reference).kneighbors(query)[0][:, 0]
+
+
+def memorisation(generated_emb, held_out_emb, train_emb, real_emb) -> dict:
+    """Generated clips' nearest-real distances beside held-out real clips' nearest-training distances.
+
+    A generated clip may have copied any real clip the GAN saw (all of `real_emb`);
+    a held-out clip is compared with the clips the classifier trained on (`train_emb`).
+    `near_copies` is the share of generated clips closer to a real clip than 95% of
+    new real clips are to theirs (about 0.05 for a generator that does not copy).
+    """
+    gen = nearest_distances(generated_emb, real_emb)
+    new = nearest_distances(held_out_emb, train_emb)
+    return {"generated_median": float(np.median(gen)), "held_out_median": float(np.median(new)),
+            "nearest_real_ratio": float(np.median(gen) / max(np.median(new), 1e-12)),
+            "near_copies": float((gen < np.quantile(new, 0.05)).mean())}
+
+
 def with_embeddings(model) -> keras.Model:
     """The classifier, also giving its penultimate-layer embeddings; an ensemble of folds
     (train_classifier.py --folds) embeds with its first member."""
@@ -94,7 +128,8 @@ def scores(probs, emb, y, classes, reference_emb=None) -> dict:
     """Overall and per-class figures; the Fréchet distance only where a reference is given."""
     def figures(mask):
         out = {"clips": int(mask.sum()), "conditional_accuracy": float((probs[mask].argmax(1) == y[mask]).mean()),
-               "inception_score": inception_score(probs[mask])}
+               "inception_score": inception_score(probs[mask]),
+               "diversity": float(np.mean([diversity(emb[mask & (y == c)]) for c in np.unique(y[mask])]))}
         if reference_emb is not None and mask.sum() > 1:
             out["frechet_distance"] = frechet_distance(reference_emb, emb[mask])
         return out
@@ -123,6 +158,12 @@ def run(args):
             reference = r_emb[~held_out]
         report["real_held_out"] = scores(r_probs[held_out], r_emb[held_out], r_y[held_out], classes, reference)
     report["generated"] = scores(probs, emb, y, classes, reference)
+    if reference is not None:
+        real = report["real_held_out"]
+        for part in [report["generated"], *report["generated"]["per_class"].values()]:
+            part["relative_diversity"] = part["diversity"] / max(real["diversity"], 1e-12)
+        if not held_out.all():
+            report["memorisation"] = memorisation(emb, r_emb[held_out], r_emb[~held_out], r_emb)
     out = Path(args.out)
     with ad.atomic_output(out / "generation_report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2))
@@ -135,11 +176,18 @@ def run(args):
 def print_table(report):
     rows = [("generated", report["generated"])] + ([("real held-out", report["real_held_out"])]
                                                     if "real_held_out" in report else [])
-    print(f"\n{'':15}{'clips':>7}{'accuracy':>10}{'IS':>8}{'Fréchet':>10}")
+    print(f"\n{'':15}{'clips':>7}{'accuracy':>10}{'IS':>8}{'Fréchet':>10}{'diversity':>11}")
     for name, r in rows:
         fd = f"{r['frechet_distance']:10.2f}" if "frechet_distance" in r else f"{'-':>10}"
-        print(f"{name:15}{r['clips']:7d}{r['conditional_accuracy']:10.3f}{r['inception_score']:8.2f}{fd}")
-    print(f"(IS at most {len(report['classes'])}; Fréchet distance to real training clips, lower is closer)")
+        print(f"{name:15}{r['clips']:7d}{r['conditional_accuracy']:10.3f}{r['inception_score']:8.2f}{fd}"
+              f"{r['diversity']:11.3f}")
+    print(f"(IS at most {len(report['classes'])}; Fréchet distance to real training clips, lower is closer; "
+          f"diversity: mean distance between two clips of a class)")
+    if "memorisation" in report:
+        m = report["memorisation"]
+        print(f"memorisation: median distance to the nearest real clip {m['generated_median']:.3f} (generated) vs "
+              f"{m['held_out_median']:.3f} (new real clips), ratio {m['nearest_real_ratio']:.2f}; "
+              f"near copies {m['near_copies']:.0%} (about 5% when nothing is copied)")
 
 
 def main(argv=None) -> int:

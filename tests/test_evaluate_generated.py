@@ -87,6 +87,33 @@ def test_collapsed_generator_has_a_lower_class_spread_within_classes(classifier)
         assert per_class["inception_score"] == pytest.approx(1.0, abs=0.05)
 
 
+def test_collapsed_generator_has_almost_no_diversity_and_varied_clips_have_some(classifier):
+    collapsed, _ = evaluate(classifier, fake_generated(classifier / "collapsed2", collapse=True),
+                            "--real-dir", str(classifier / "train"))
+    varied, _ = evaluate(classifier, fake_generated(classifier / "varied"), "--real-dir", str(classifier / "train"))
+    # The collapsed clips differ only by their 1% noise floor; the varied ones span the class's tone band.
+    assert collapsed["generated"]["relative_diversity"] < 0.3
+    assert varied["generated"]["relative_diversity"] > 2 * collapsed["generated"]["relative_diversity"]
+
+
+def test_a_generator_that_copies_its_training_clips_is_caught(classifier):
+    copies = classifier / "copies"
+    shutil.copytree(classifier / "train", copies)
+    copied, _ = evaluate(classifier, copies, "--real-dir", str(classifier / "train"))
+    new, _ = evaluate(classifier, fake_generated(classifier / "new"), "--real-dir", str(classifier / "train"))
+    assert copied["memorisation"]["nearest_real_ratio"] < 0.01
+    assert copied["memorisation"]["near_copies"] == 1.0
+    assert new["memorisation"]["nearest_real_ratio"] > 0.1
+    assert new["memorisation"]["near_copies"] < copied["memorisation"]["near_copies"]
+
+
+def test_nearest_distances_and_diversity_on_known_points():
+    ref = np.array([[0.0, 0.0], [10.0, 0.0]])
+    np.testing.assert_allclose(ev.nearest_distances(np.array([[1.0, 0.0], [10.0, 3.0]]), ref), [1.0, 3.0])
+    assert ev.diversity(np.array([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
+    assert ev.diversity(np.zeros((1, 2))) == 0.0
+
+
 def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     assert ev.main(["--model", str(tmp_path / "nope.keras"), "--generated", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip().startswith("error: --model needs")
