@@ -13,10 +13,14 @@ losses.csv, losses.png, samples/epoch_NNNN.png (one row per class),
 generated/<class>/<class>_NNN.wav and generated_mels.png.
 """
 import argparse
+import base64
+import html
+import io
 import random
 import sys
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import matplotlib
 
@@ -38,6 +42,7 @@ from cgan_model import Discriminator, Generator  # noqa: E402
 CHECKPOINT = "cgan_checkpoint.pt"
 CHECKPOINT_FORMAT = "audio-clip-ml/cgan/2"  # 2: plain types only, loadable with weights_only=True
 DYNAMIC_RANGE_DB = 80.0  # spectrogram levels kept below each data set's loudest bin
+BIN_SPREAD = 3.0  # with --norm bin, +-1 is this many standard deviations of a band's level
 
 
 # ----------------------------------------------------------------------------
@@ -65,7 +70,22 @@ def parse_args(argv=None):
                    help="base channel count of both models (their layers use 1x to 8x it); compute grows with its square")
     g.add_argument("--loss", choices=["hinge", "bce", "wgan-gp"], default="hinge",
                    help="hinge: stable with spectral norm; bce: the classic GAN loss; wgan-gp: Wasserstein with gradient penalty")
-    g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of both models")
+    g.add_argument("--lr", type=float, default=2e-4, help="Adam learning rate of the generator")
+    g.add_argument("--lr-d", type=float, default=None,
+                   help="Adam learning rate of the discriminator (default: --lr; higher is the two time-scale rule)")
+    g.add_argument("--norm", choices=["dataset", "bin"], default="dataset",
+                   help="how dB levels map to [-1, 1]: one range for the data set, or per mel band "
+                   "(its mean and spread), so quiet high bands matter as much as loud low ones")
+    g.add_argument("--upsample", choices=["transposed", "nearest"], default="transposed",
+                   help="the generator's upsampling: ConvTranspose2d, or nearest neighbour + conv (no checkerboard)")
+    g.add_argument("--d-augment", type=float, default=0.5,
+                   help="probability of each augmentation (time shift padded with silence, gain, band cutout) "
+                   "applied to what D sees, real and fake alike; below 1 so D still learns the true distribution")
+    g.add_argument("--d-positions", action="store_true",
+                   help="give D each bin's frequency and time position (CoordConv), so it can judge where an onset is")
+    g.add_argument("--ac-weight", type=float, default=0.0,
+                   help="weight of D's auxiliary class head (AC-GAN) in both losses; 0: no head")
+    g.add_argument("--r1", type=float, default=0.0, help="R1 gradient penalty on real clips (gamma); 0: off")
     g.add_argument("--mode-seeking", type=float, default=0.1,
                    help="weight of the mode-seeking term that keeps samples of a class diverse; 0 turns it off")
     g.add_argument("--ema", type=float, default=0.999, help="decay of the generator's moving average, used for sampling")
@@ -102,16 +122,34 @@ def load_spectrograms(args, cfg):
     # The dB range is fixed per data set, not per clip, so relative loudness survives.
     top = float(np.ceil(x.max()))
     scale = {"top_db": top, "range_db": DYNAMIC_RANGE_DB}
+    if args.norm == "bin":
+        db = np.clip(x, top - DYNAMIC_RANGE_DB, top)
+        scale["bin_mean"] = db.mean(axis=(0, 2)).tolist()
+        scale["bin_db"] = (BIN_SPREAD * np.maximum(db.std(axis=(0, 2)), 1.0)).tolist()
     y = np.array([classes.index(c) for c in labels])
-    return torch.from_numpy(normalise(x, scale)[:, None]), torch.from_numpy(y), classes, scale
+    return torch.from_numpy(normalise(x, scale)[:, None]).float(), torch.from_numpy(y), classes, scale
+
+
+def bin_scale(scale, like):
+    """dB per unit of the normalised scale and the dB level at 0: per mel band (a column) or one for all."""
+    if "bin_mean" not in scale:
+        return scale["range_db"] / 2, scale["top_db"] - scale["range_db"] / 2
+    unit, centre = np.array(scale["bin_db"])[:, None], np.array(scale["bin_mean"])[:, None]
+    if torch.is_tensor(like):
+        return torch.from_numpy(unit).to(like), torch.from_numpy(centre).to(like)
+    return unit.astype(like.dtype), centre.astype(like.dtype)
 
 
 def normalise(db, scale):
-    return (np.clip(db, scale["top_db"] - scale["range_db"], scale["top_db"]) - scale["top_db"]) / (scale["range_db"] / 2) + 1
+    """dB log-mels (..., n_mels, n_frames) to the GAN's [-1, 1], within range_db below top_db."""
+    unit, centre = bin_scale(scale, db)
+    clipped = np.clip(db, scale["top_db"] - scale["range_db"], scale["top_db"])
+    return np.clip((clipped - centre) / unit, -1, 1).astype(np.float32)
 
 
 def denormalise(x, scale):
-    return (x - 1) * (scale["range_db"] / 2) + scale["top_db"]
+    unit, centre = bin_scale(scale, x)
+    return x * unit + centre
 
 
 # ----------------------------------------------------------------------------
@@ -153,11 +191,44 @@ def gradient_penalty(D, real, fake, labels):
     return 10.0 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def translate_time(x, max_frac=0.125):
-    """Differentiable augmentation for D (same shift for real and fake batches): fights D
-    over-fitting, the usual cause of collapse on small data sets."""
-    shift = int(torch.randint(-int(max_frac * x.size(-1)), int(max_frac * x.size(-1)) + 1, ()).item())
-    return torch.roll(x, shift, dims=-1)
+class AugmentForD:
+    """Differentiable augmentation of what D sees (DiffAugment, ADA): fights D over-fitting,
+    the usual cause of collapse on small data sets.
+
+    Each clip, real or fake, independently gets each of a time shift (the gap
+    filled with silence, never wrapped around), a gain and a cut-out band of
+    frequencies and of frames, each with probability p. With p < 1 the clean
+    spectrogram stays the most likely thing D sees, so the augmentation cannot
+    leak into what G learns (Karras et al., 2020).
+    """
+
+    def __init__(self, p: float, scale: dict, n_mels: int, max_shift=0.125, gain_db=6.0, cutout=0.125):
+        self.p, self.max_shift, self.cutout = p, max_shift, cutout
+        unit, _ = bin_scale(scale, torch.zeros(1))
+        self.floor = torch.as_tensor(normalise(np.full((n_mels, 1), scale["top_db"] - scale["range_db"]), scale))
+        self.gain = gain_db / torch.as_tensor(unit, dtype=torch.float32)
+
+    def __call__(self, x):
+        if self.p <= 0:
+            return x
+        n, _, h, w = x.shape
+        floor, gain = self.floor.to(x.device), self.gain.to(x.device)
+        chosen = lambda: (torch.rand(n, 1, 1, 1, device=x.device) < self.p)  # noqa: E731
+        # Shift: frame t reads frame t - s; what comes from outside the clip is silence.
+        s = (torch.randint(-int(self.max_shift * w), int(self.max_shift * w) + 1, (n, 1, 1, 1), device=x.device)
+             * chosen())
+        src = torch.arange(w, device=x.device).view(1, 1, 1, w) - s
+        shifted = x.gather(3, src.clamp(0, w - 1).expand(n, 1, h, w))
+        x = torch.where((src < 0) | (src >= w), floor, shifted)
+        level = (torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * chosen()
+        x = torch.minimum(torch.maximum(x + level * gain, floor), torch.ones_like(x))
+        for axis, size in ((2, h), (3, w)):
+            width = (torch.rand(n, 1, 1, 1, device=x.device) * self.cutout * size).long() * chosen()
+            start = (torch.rand(n, 1, 1, 1, device=x.device) * (size - width + 1)).long()
+            pos = torch.arange(size, device=x.device).view(1, 1, -1, 1) if axis == 2 else \
+                torch.arange(size, device=x.device).view(1, 1, 1, -1)
+            x = torch.where((pos >= start) & (pos < start + width), floor, x)
+        return x
 
 
 # ----------------------------------------------------------------------------
@@ -214,8 +285,11 @@ def build_models(meta, device, state=None):
     """Generator, discriminator and the generator's moving average; with the weights of `state` if given."""
     cfg = ad.FeatureConfig.from_dict(meta["features"])
     n_classes, args = len(meta["classes"]), meta["model"]
-    G = Generator(n_classes, cfg.n_mels, cfg.n_frames, args["latent_dim"], args["width"])
-    D = Discriminator(n_classes, args["width"])
+    # Checkpoints from before these options existed describe the original models.
+    G = Generator(n_classes, cfg.n_mels, cfg.n_frames, args["latent_dim"], args["width"],
+                  upsample=args.get("upsample", "transposed"))
+    D = Discriminator(n_classes, args["width"], positions=args.get("d_positions", False),
+                      classifier=args.get("ac_weight", 0.0) > 0)
     ema = AveragedModel(G, avg_fn=ema_with_warmup(args["ema"]), use_buffers=True)
     if state is not None:
         for model, key in ((G, "G"), (D, "D"), (ema, "ema")):
@@ -236,16 +310,28 @@ def ema_with_warmup(decay: float):
 # Training
 # ----------------------------------------------------------------------------
 
-def train_step(G, D, ema, opt_g, opt_d, real, labels, z, loss_kind, mode_seeking) -> tuple[float, float]:
+def train_step(G, D, ema, opt_g, opt_d, real, labels, z, loss_kind, mode_seeking, augment,
+               ac_weight=0.0, r1=0.0) -> tuple[float, float]:
     """One discriminator update, then one generator update and its moving average; returns both losses."""
     fake = G(z, labels)
-    loss_d = d_loss(loss_kind, D(translate_time(real), labels), D(translate_time(fake.detach()), labels))
+    real_in = augment(real).detach().requires_grad_(r1 > 0)
+    real_logits, real_classes = D(real_in, labels, with_classes=True) if ac_weight else (D(real_in, labels), None)
+    loss_d = d_loss(loss_kind, real_logits, D(augment(fake.detach()), labels))
+    if ac_weight:  # the class head learns from real clips only, so G cannot teach it its own mistakes
+        loss_d = loss_d + ac_weight * F.cross_entropy(real_classes, labels)
+    if r1 > 0:  # Mescheder et al., 2018: keep D flat around the real data
+        grad, = torch.autograd.grad(real_logits.sum(), real_in, create_graph=True)
+        loss_d = loss_d + r1 / 2 * grad.pow(2).flatten(1).sum(1).mean()
     if loss_kind == "wgan-gp":
         loss_d = loss_d + gradient_penalty(D, real, fake.detach(), labels)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
-    loss_g = g_loss(loss_kind, D(translate_time(fake), labels))
+    if ac_weight:
+        fake_logits, fake_classes = D(augment(fake), labels, with_classes=True)
+        loss_g = g_loss(loss_kind, fake_logits) + ac_weight * F.cross_entropy(fake_classes, labels)
+    else:
+        loss_g = g_loss(loss_kind, D(augment(fake), labels))
     if mode_seeking > 0 and len(z) > 1:
         loss_g = loss_g + mode_seeking * mode_seeking_penalty(G, fake, z, labels)
     opt_g.zero_grad(set_to_none=True)
@@ -270,14 +356,15 @@ def train(args, out: Path, device):
         raise ad.DataError(f"the classes in {args.data_dir} differ from the checkpoint's: {state['meta']['classes']}")
     meta = state["meta"] if state else {
         "classes": classes, "features": cfg.to_dict(), "scale": scale,
-        "model": {"latent_dim": args.latent_dim, "width": args.width, "ema": args.ema, "loss": args.loss}}
+        "model": {"latent_dim": args.latent_dim, "width": args.width, "ema": args.ema, "loss": args.loss,
+                  "upsample": args.upsample, "d_positions": args.d_positions, "ac_weight": args.ac_weight}}
     loss_kind = meta["model"]["loss"]
     G, D, ema = build_models(meta, device, state)
     # (0.5, 0.999) is the classic DCGAN setting for BCE; spectral-norm hinge and WGAN-GP train
     # better without first-moment momentum (SNGAN, BigGAN).
     betas = (0.5, 0.999) if loss_kind == "bce" else (0.0, 0.9)
     opt_g = torch.optim.Adam(G.parameters(), args.lr, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), args.lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), args.lr_d or args.lr, betas=betas)
     data_rng = torch.Generator().manual_seed(args.seed)
     history, start_epoch = [], 1
     if state:
@@ -295,6 +382,7 @@ def train(args, out: Path, device):
     print(f"{len(x)} clips in {len(classes)} classes ({', '.join(classes)}); spectrograms {cfg.n_mels}x{cfg.n_frames}; "
           f"G {sum(p.numel() for p in G.parameters()):,} / D {sum(p.numel() for p in D.parameters()):,} parameters; "
           f"{loss_kind} loss on {device}")
+    augment = AugmentForD(args.d_augment, meta["scale"], cfg.n_mels)
     fixed_z = torch.randn(len(classes) * 4, meta["model"]["latent_dim"], generator=torch.Generator().manual_seed(args.seed))
     fixed_labels = torch.arange(len(classes)).repeat_interleave(4)
     for epoch in range(start_epoch, args.epochs + 1):
@@ -303,7 +391,7 @@ def train(args, out: Path, device):
         for real, labels in tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True, disable=None):
             z = torch.randn(len(real), meta["model"]["latent_dim"], device=device)
             sums += [*train_step(G, D, ema, opt_g, opt_d, real.to(device), labels.to(device), z, loss_kind,
-                                 args.mode_seeking), 1]
+                                 args.mode_seeking, augment, meta["model"].get("ac_weight", 0.0), args.r1), 1]
         history.append({"epoch": epoch, "loss_d": float(sums[0] / sums[2]), "loss_g": float(sums[1] / sums[2])})
         save_checkpoint(checkpoint_path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rng)
         write_losses(history, out)
@@ -397,7 +485,7 @@ def mel_to_audio(mels_db: torch.Tensor, cfg: ad.FeatureConfig, gl_iters: int) ->
         return torch.cat([invert(chunk) for chunk in mels_db.split(max(1, 2**19 // (n_stft * n_frames)))])
 
 
-def generate(checkpoint_path, out: Path, samples_per_class: int, gl_iters: int, seed: int):
+def generate(checkpoint_path, out: Path, samples_per_class: int, gl_iters: int, seed: int, data_dir=None):
     state = load_checkpoint(checkpoint_path)
     meta = state["meta"]
     cfg = ad.FeatureConfig.from_dict(meta["features"])
@@ -411,16 +499,93 @@ def generate(checkpoint_path, out: Path, samples_per_class: int, gl_iters: int, 
     mels_db = denormalise(mels, meta["scale"])
     waves = mel_to_audio(mels_db, cfg, gl_iters)
     waves = torch.nan_to_num(waves)
+    written = {name: [] for name in classes}
     for wave, label, i in zip(waves.numpy(), labels.tolist(), range(len(labels))):
         wave = ad.fix_length(wave, cfg.n_samples)
         wave = 0.89 * wave / max(np.abs(wave).max(), 1e-9)  # peak at -1 dBFS: audible, never clipped
         name = classes[label]
-        with ad.atomic_output(out / "generated" / name / f"{name}_{i % samples_per_class:03d}.wav") as tmp:
+        path = out / "generated" / name / f"{name}_{i % samples_per_class:03d}.wav"
+        with ad.atomic_output(path) as tmp:
             sf.write(tmp, wave, cfg.sr, subtype="PCM_16")
+        written[name].append((path, mels_db[i].numpy()))
     shown = min(samples_per_class, 4)
     pick = torch.cat([torch.arange(c * samples_per_class, c * samples_per_class + shown) for c in range(len(classes))])
     plot_mels(mels_db[pick].numpy(), classes, shown, out / "generated_mels.png", "generated")
+    write_listening_page(out / "generated", written, real_examples(data_dir, classes, cfg), meta["scale"],
+                         cfg.sr)
     return len(labels)
+
+
+# ----------------------------------------------------------------------------
+# Listening page: real and generated clips side by side
+# ----------------------------------------------------------------------------
+
+def real_examples(data_dir, classes, cfg, per_class: int = 4) -> dict:
+    """A few training clips per class (spread over each class's files), decoded as the GAN saw them."""
+    if not data_dir or not Path(data_dir).is_dir():
+        return {}
+    try:
+        paths, labels = ad.find_labelled_clips(data_dir)
+    except ad.DataError:
+        return {}
+    examples = {}
+    for name in classes:
+        mine = [p for p, label in zip(paths, labels) if label == name]
+        clips = []
+        for path in [mine[i] for i in np.unique(np.linspace(0, len(mine) - 1, per_class).round().astype(int))] if mine else []:
+            try:
+                wave = ad.load_clip(path, cfg.sr, cfg.duration)
+            except ad.BadAudio:
+                continue  # already reported when the features were made
+            clips.append((path.name, wave, ad.log_mel(wave, cfg)))
+        examples[name] = clips
+    return examples
+
+
+def data_uri(kind: str, write) -> str:
+    buffer = io.BytesIO()
+    write(buffer)
+    return f"data:{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def spectrogram_uri(mel_db, scale) -> str:
+    low, high = scale["top_db"] - scale["range_db"], scale["top_db"]
+    return data_uri("image/png", lambda f: plt.imsave(f, np.clip(mel_db, low, high)[::-1], vmin=low, vmax=high,
+                                                        cmap="magma", format="png"))
+
+
+def write_listening_page(folder: Path, generated: dict, real: dict, scale: dict, sr: int):
+    """folder/index.html: per class, real training clips above generated ones, each a spectrogram and a player.
+
+    Generated clips are linked by relative path; the real ones (decoded, at the GAN's
+    rate and length) and every image are embedded, so the page works offline, from
+    the file system, and nothing but .wav files of generated clips sits in the class folders.
+    """
+    def card(title, image, audio):
+        return (f'<figure><img src="{image}" alt="spectrogram of {html.escape(title)}">'
+                f'<audio controls preload="metadata" src="{audio}"></audio>'
+                f'<figcaption>{html.escape(title)}</figcaption></figure>')
+
+    sections = []
+    for name, clips in generated.items():
+        real_cards = "".join(
+            card(title, spectrogram_uri(mel, scale),
+                 data_uri("audio/wav", lambda f, w=wave: sf.write(f, w, sr, format="WAV", subtype="PCM_16")))
+            for title, wave, mel in real.get(name, []))
+        gen_cards = "".join(card(path.name, spectrogram_uri(mel, scale), f"{quote(name)}/{quote(path.name)}")
+                            for path, mel in clips)
+        sections.append(f'<section><h2>{html.escape(name)}</h2>'
+                        + (f'<h3>real (training clips)</h3><div class="row">{real_cards}</div>' if real_cards else "")
+                        + f'<h3>generated</h3><div class="row">{gen_cards}</div></section>')
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Generated clips</title><style>"
+            "body{font-family:sans-serif;margin:1em}.row{display:flex;flex-wrap:wrap;gap:.8em}"
+            "figure{margin:0;width:200px}img{width:200px;height:120px;image-rendering:pixelated;display:block}"
+            "audio{width:200px}figcaption{font-size:.8em;color:#555}</style></head><body>"
+            "<h1>Generated clips</h1><p>Per class: real training clips, then generated ones. Spectrograms: "
+            "log-mel, low frequencies at the bottom, time to the right.</p>"
+            + "".join(sections) + "</body></html>\n")
+    with ad.atomic_output(folder / "index.html") as tmp:
+        tmp.write_text(page, encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------
@@ -439,8 +604,9 @@ def run(args):
         checkpoint_path = Path(args.checkpoint or out / CHECKPOINT)
     else:
         checkpoint_path = train(args, out, pick_device(args.device))
-    n = generate(checkpoint_path, out, args.samples_per_class, args.gl_iters, args.seed)
-    print(f"\nwrote {n} clips to {out / 'generated'}/<class>/, spectrograms in {out / 'generated_mels.png'}")
+    n = generate(checkpoint_path, out, args.samples_per_class, args.gl_iters, args.seed, args.data_dir)
+    print(f"\nwrote {n} clips to {out / 'generated'}/<class>/, spectrograms in {out / 'generated_mels.png'}; "
+          f"listen in {out / 'generated' / 'index.html'}")
     if not args.generate_only:
         print(f"checkpoint {checkpoint_path}; losses in {out / 'losses.png'}; sample grids in {out / 'samples'}")
     print(f"done in {time.time() - start:.0f} s")

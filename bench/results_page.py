@@ -119,6 +119,50 @@ def accuracy_section(results_dir: Path) -> list[str]:
     return lines + [""]
 
 
+def cgan_section(results_dir: Path) -> list[str]:
+    """Generated clips on real data: one row per variant of train_cgan.py, the real reference first."""
+    path = results_dir / "cgan.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    rows = saved["rows"]
+    real = rows[-1]["real"]
+    lines = ["## Generated clips on real recordings", "",
+             "`make bench-cgan` (`bench/bench_cgan.py`) trains `train_cgan.py` from cold on the real drums of",
+             f"the `{saved['data']}` development set (its `train/`: one SoundFont's kits) with the README's lighter",
+             "command (`--epochs 60 --duration 1.0 --n-mels 64 --samples-per-class 20 --seed 0`) plus each row's",
+             "flags, and scores the 20 clips per class it writes with a judge: `train_classifier.py` trained on",
+             "the same real clips (1 s, its defaults). The judge's validation clips, which it never trained on, are",
+             "the real reference. Accuracy: the judge hears the class a clip was generated for. Spread: the",
+             "inception-style score. Diversity: mean embedding distance between two clips of a class, as a share",
+             "of real clips'. Copies: the share of generated clips nearer a training clip than 95% of new real",
+             "clips are to theirs (about 5% when nothing is copied). Fréchet distance: judge embeddings, lower is",
+             "closer. Goals: accuracy and spread at least 0.8x real, diversity at least 0.7x. One run per row.",
+             f"Measured at commit {', '.join(sorted({r['commit'] for r in rows}))} on "
+             f"{machine_line(saved.get('machine'))}.", "",
+             "| variant | flags | code | wall time (s) | accuracy | x real | spread | x real | diversity (x real) | "
+             "copies | Fréchet |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| real held-out clips | | | | {real['conditional_accuracy']:.3f} | 1.00 | {real['inception_score']:.2f} | "
+             f"1.00 | 1.00 | | {real['frechet_distance']:.1f} |"]
+    for r in rows:
+        g, m = r["generated"], r.get("memorisation") or {}
+        copies = f"{m['near_copies']:.0%}" if m else "-"
+        lines.append(f"| {r['variant']} | `{r['flags']}` | {r['code']} | {r['seconds']:.0f} | "
+                     f"{g['conditional_accuracy']:.3f} | {g['conditional_accuracy'] / real['conditional_accuracy']:.2f} | "
+                     f"{g['inception_score']:.2f} | {g['inception_score'] / real['inception_score']:.2f} | "
+                     f"{g['relative_diversity']:.2f} | {copies} | {g['frechet_distance']:.1f} |")
+    best = next((r for r in rows if r["variant"] == "default"), rows[-1])
+    classes = best["classes"]
+    lines += ["", f"Per class, row `{best['variant']}`: judge accuracy "
+              + ", ".join(f"{c} {best['generated']['per_class'][c]['conditional_accuracy']:.2f}" for c in classes)
+              + "; real held-out: "
+              + ", ".join(f"{c} {real['per_class'][c]['conditional_accuracy']:.2f}" for c in classes if c in real["per_class"])
+              + ".", ""]
+    if (results_dir / "cgan_generated_mels.png").exists():
+        lines += [f"![Spectrograms generated in row {best['variant']}](results/cgan_generated_mels.png)", ""]
+    return lines
+
+
 def collect(results: dict, results_dir: Path) -> None:
     demo = ROOT / results["demo"]["out"]
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +231,7 @@ def page(results: dict, results_dir: Path) -> str:
         *generation_table(results_dir, classifier["classes"]),
         "",
         *accuracy_section(results_dir),
+        *cgan_section(results_dir),
     ]
     for name, caption in PICTURES.items():
         lines += [f"### {caption}", "", f"![{caption}](results/{name})", ""]
@@ -197,6 +242,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--results", default=str(ROOT / "bench" / "results.json"))
     p.add_argument("--accuracy", default=str(ROOT / "bench" / "accuracy.json"), help="rows of make bench-accuracy")
+    p.add_argument("--cgan", default=str(ROOT / "bench" / "cgan.json"), help="rows of make bench-cgan")
+    p.add_argument("--cgan-mels", default=str(ROOT / "outputs" / "bench" / "cgan" / "default" / "generated_mels.png"),
+                   help="the picture shown with them: the spectrograms of make bench-cgan's default run")
     p.add_argument("--docs", default=str(ROOT / "docs"))
     args = p.parse_args()
     results_path = Path(args.results)
@@ -212,9 +260,11 @@ def main():
         results = json.loads((results_dir / "results.json").read_text())
     else:
         sys.exit(f"error: {results_path} does not exist: run `make bench` first")
-    accuracy = Path(args.accuracy)
-    if accuracy.exists():
-        shutil.copyfile(accuracy, results_dir / "accuracy.json")
+    for rows, name in ((args.accuracy, "accuracy.json"), (args.cgan, "cgan.json")):
+        if Path(rows).exists():
+            shutil.copyfile(rows, results_dir / name)
+    if Path(args.cgan_mels).exists():
+        shutil.copyfile(args.cgan_mels, results_dir / "cgan_generated_mels.png")
     (Path(args.docs) / "RESULTS.md").write_text(page(results, results_dir))
     print(f"wrote {Path(args.docs) / 'RESULTS.md'} and {results_dir}/")
 

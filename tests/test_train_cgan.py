@@ -1,4 +1,8 @@
 """train_cgan.py end to end on generated clips, with a tiny config; and the inversion on a real signal."""
+import html
+import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -71,6 +75,105 @@ def test_resumed_run_matches_an_uninterrupted_one(data, tmp_path):
     assert b["epoch"] == 3 and [h["epoch"] for h in b["history"]] == [1, 2, 3]
     for key in a["G"]:
         torch.testing.assert_close(a["G"][key], b["G"][key])
+
+
+def test_listening_page_links_every_generated_clip_and_embeds_real_ones(trained, data):
+    page = (trained / "generated" / "index.html").read_text()
+    for name in ("high", "low"):
+        for i in range(3):
+            assert f'src="{name}/{name}_{i:03d}.wav"' in page
+    assert page.count("data:audio/wav;base64,") == 8  # 4 real clips per class, spread over its 5
+    assert page.count("<img") == 14 and page.count("data:image/png;base64,") == 14
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PROBE = """<script>
+window.addEventListener("load", async () => {
+  const audio = await Promise.all([...document.querySelectorAll("audio")].map(a => new Promise(done => {
+    if (a.readyState >= 1) return done(a.duration);
+    a.addEventListener("loadedmetadata", () => done(a.duration));
+    a.addEventListener("error", () => done(-1));
+    a.load();
+  })));
+  const images = [...document.querySelectorAll("img")].map(i => i.complete && i.naturalWidth > 0);
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify({audio, images});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def open_in_chromium(page, tmp_path) -> dict:
+    """Load the page (plus a probe script, in a copy beside it) in headless Chromium: each player's
+    duration once its clip loaded (-1 if it failed), and whether each image decoded."""
+    probe = page.with_name(".probe.html")
+    probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
+    try:
+        res = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                              f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000",
+                              "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+    found = re.search(r'<pre id="probe">(.*?)</pre>', res.stdout, re.S)
+    assert found, res.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_listening_page_plays_in_a_real_browser(trained, tmp_path):
+    copy = shutil.copytree(trained / "generated", tmp_path / "generated")
+    result = open_in_chromium(copy / "index.html", tmp_path)
+    assert len(result["audio"]) == 14 and all(d == pytest.approx(0.5, abs=0.01) for d in result["audio"])
+    assert len(result["images"]) == 14 and all(result["images"])
+    (copy / "low" / "low_001.wav").unlink()  # the probe can fail: a missing clip is caught
+    assert sorted(open_in_chromium(copy / "index.html", tmp_path)["audio"])[0] == -1
+
+
+def test_d_augmentation_pads_shifts_with_silence_and_keeps_the_range():
+    scale = {"top_db": 0.0, "range_db": 80.0}
+    x = torch.linspace(-1, 1, 40).repeat(64, 1, 8, 1)  # a ramp in time: a wrap-around would be visible
+    torch.manual_seed(0)
+    out = tg.AugmentForD(0.9, scale, n_mels=8)(x)
+    assert out.shape == x.shape and out.min() >= -1 and out.max() <= 1
+    assert not torch.equal(out, x)
+    # Without gain and cut-out, a shifted ramp is the ramp moved, with silence (-1) where it came from outside.
+    aug = tg.AugmentForD(1.0, scale, n_mels=8, gain_db=0.0, cutout=0.0)
+    for row in aug(x)[:, 0, 0]:
+        inside = row > -1
+        assert (torch.diff(row[inside]) > 0).all()  # never a jump back from the end to the start
+    assert torch.equal(tg.AugmentForD(0.0, scale, n_mels=8)(x), x)
+    # p < 1: a share of clips is seen untouched, so D still learns what a clean clip is.
+    kept = (tg.AugmentForD(0.5, scale, n_mels=8)(x) == x).flatten(1).all(1).float().mean()
+    assert 0.05 < kept < 0.3  # each of three draws leaves it alone with p >= 0.5 here: about 0.16 expected
+
+
+def test_per_band_normalisation_round_trips_within_the_range():
+    db = np.random.default_rng(0).uniform(-70, 0, (3, 8, 10)).astype(np.float32)
+    db[:, :4] -= 10  # bands at different levels
+    x = np.clip(db, -80, 0)
+    scale = {"top_db": 0.0, "range_db": 80.0, "bin_mean": x.mean(axis=(0, 2)).tolist(),
+             "bin_db": (tg.BIN_SPREAD * x.std(axis=(0, 2))).tolist()}
+    norm = tg.normalise(db, scale)
+    assert norm.min() >= -1 and norm.max() <= 1
+    np.testing.assert_allclose(norm.mean(axis=(0, 2)), 0, atol=0.05)  # every band centred
+    np.testing.assert_allclose(tg.denormalise(norm, scale), db, atol=1e-3)
+    np.testing.assert_allclose(tg.denormalise(torch.from_numpy(norm), scale).numpy(), db, atol=1e-3)
+
+
+def test_every_model_option_trains_and_its_checkpoint_builds_the_same_models(data, tmp_path):
+    options = ["--norm", "bin", "--upsample", "nearest", "--d-positions", "--ac-weight", "1", "--r1", "1",
+               "--lr-d", "4e-4", "--d-augment", "0.5"]
+    assert run(data, tmp_path / "all", "--epochs", "1", *options) == 0
+    state = torch.load(tmp_path / "all" / "cgan_checkpoint.pt", weights_only=True)
+    assert state["meta"]["model"]["upsample"] == "nearest" and len(state["meta"]["scale"]["bin_mean"]) == 16
+    G, D, _ = tg.build_models(state["meta"], torch.device("cpu"), state)
+    assert D.classify is not None and D.positions
+    assert any(isinstance(m, torch.nn.Upsample) for m in G.modules())
+    assert tg.main(["--generate-only", "--checkpoint", str(tmp_path / "all" / "cgan_checkpoint.pt"),
+                    "--out", str(tmp_path / "gen"), "--samples-per-class", "2", "--gl-iters", "8"]) == 0
+    assert len(list((tmp_path / "gen" / "generated").rglob("*.wav"))) == 4
 
 
 @pytest.mark.parametrize("loss", ["bce", "wgan-gp"])
