@@ -89,12 +89,14 @@ class Discriminator(nn.Module):
         self.classify = spectral_norm(nn.Linear(c_in, n_classes)) if classifier else None
 
     def forward(self, x, labels, with_classes: bool = False):
-        """The realness logit; with_classes: also class logits (needs classifier=True, as in AC-GAN)."""
+        """The realness logit; with_classes: also the class logits (AC-GAN; None without the head)."""
         if self.positions:
             x = torch.cat([x, *position_channels(x)], dim=1)
         h = self.features(x).sum(dim=(2, 3))
         logit = self.linear(h).squeeze(1) + (self.embed(labels) * h).sum(dim=1)
-        return (logit, self.classify(h)) if with_classes else logit
+        if not with_classes:
+            return logit
+        return logit, self.classify(h) if self.classify is not None else None
 
 
 def position_channels(x):

@@ -10,15 +10,24 @@ the same --sr the spectrograms were made at.
 
 Writes, to --out: cgan_checkpoint.pt (every epoch; --resume continues from it),
 losses.csv, losses.png, samples/epoch_NNNN.png (one row per class),
-generated/<class>/<class>_NNN.wav and generated_mels.png.
+generated/<class>/<class>_NNN.wav, generated/index.html and generated_mels.png.
+
+Several GPUs or machines: the same command under torchrun, e.g.
+    torchrun --standalone --nproc-per-node 4 train_cgan.py --data-dir data/train
+trains data-parallel (DistributedDataParallel; NCCL on GPUs, gloo on CPUs) on the
+same global --batch-size, split between the processes.
 """
 import argparse
 import base64
+import contextlib
+import datetime
 import html
 import io
+import os
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,10 +39,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchaudio  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 from torch.optim.swa_utils import AveragedModel  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import audio_data as ad  # noqa: E402
@@ -64,7 +76,8 @@ def parse_args(argv=None):
     g.add_argument("--hop-length", type=int, default=256, help="STFT hop in samples")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=100)
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="clips per step in all: under torchrun, split evenly between the processes")
     g.add_argument("--latent-dim", type=int, default=100, help="size of the noise vector")
     g.add_argument("--width", type=int, default=32,
                    help="base channel count of both models (their layers use 1x to 8x it); compute grows with its square")
@@ -107,6 +120,88 @@ def pick_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ad.DataError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     return torch.device(choice)
+
+
+# ----------------------------------------------------------------------------
+# Distributed: data-parallel under torchrun
+# ----------------------------------------------------------------------------
+
+class Cluster:
+    """Where this process stands: rank 0 of 1 when run alone, else what torchrun set.
+
+    Every process trains a replica on its share of each global batch and DDP
+    averages the gradients; rank 0 alone writes files, the others wait at barriers.
+    """
+
+    def __init__(self, device_choice: str):
+        self.distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        if not self.distributed:
+            self.rank, self.local_rank, self.world, self.device = 0, 0, 1, pick_device(device_choice)
+            return
+        cuda = device_choice != "cpu" and torch.cuda.is_available()
+        if device_choice == "cuda" and not cuda:
+            raise ad.DataError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+        # D's first conv has one input channel, whose weight gradient comes with a stride DDP's
+        # buckets do not expect: a copy per step, not an error; the warning would repeat per process.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        # Rank 0 may spend long decoding a large data set while the others wait at a barrier.
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=6))
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if cuda:
+            torch.cuda.set_device(self.local_rank)
+        self.device = torch.device("cuda", self.local_rank) if cuda else torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+    def share(self, global_tensor):
+        """This process's share of a tensor drawn for the whole global batch (rows rank, rank + world, ...).
+
+        With the sampler's interleaved split, row i of the share belongs to this process's
+        clip i: every random draw is as one process on the global batch would make it.
+        """
+        return global_tensor[self.rank::self.world]
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        if not self.distributed:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return (t / self.world).cpu().numpy()
+
+    def check_replicas(self, *models):
+        """Stop if the processes' models differ: DDP keeps replicas identical only while every
+        gradient goes through its all-reduce, and a path around it would train N models silently."""
+        if not self.distributed:
+            return
+        params = torch.cat([p.detach().double().flatten() for m in models for p in m.parameters()])
+        probe = torch.randn(len(params), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        mine = torch.stack([params.sum(), params.square().sum(), params.cpu() @ probe]).to(self.device)
+        every = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(every, mine)
+        if any(not torch.equal(every[0], other) for other in every[1:]):
+            raise RuntimeError(f"the {self.world} processes' models have drifted apart: {torch.stack(every).tolist()}")
+
+    def wrap(self, G, D):
+        """DDP replicas of G and D (the originals are what gets saved and averaged)."""
+        if not self.distributed:
+            return G, D
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        if self.device.type == "cuda":  # batch statistics over the global batch; CUDA only, so CPUs keep their own
+            G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)  # in place: G's parameters stay the same objects
+        # D's spectral norm updates its power-iteration buffers in place during forward:
+        # syncing buffers at every forward would overwrite tensors autograd still needs.
+        return DDP(G, device_ids=ids), DDP(D, device_ids=ids, forward_sync_buffers=False)
+
+    def close(self):
+        if self.distributed:
+            dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------
@@ -171,24 +266,27 @@ def g_loss(kind, fake_logits):
     return -fake_logits.mean()
 
 
-def mode_seeking_penalty(G, fake, z, labels):
+def mode_seeking_penalty(fake, fake2, z, z2):
     """MSGAN (Mao et al., 2019): penalise G when two noise vectors give the same spectrogram.
 
     Conditional GANs readily learn to ignore the noise and emit one sound per class;
-    this term rewards output distance per unit of noise distance, half a batch at a time.
+    this term rewards output distance per unit of noise distance (fake and fake2 are
+    G's outputs for z and z2, same labels).
     """
-    half = len(z) // 2
-    z2 = torch.randn_like(z[:half])
-    fake2 = G(z2, labels[:half])
-    ratio = (fake[:half] - fake2).abs().mean() / (z[:half] - z2).abs().mean()
+    ratio = (fake - fake2).abs().mean() / (z - z2).abs().mean()
     return 1.0 / (ratio + 1e-5)
 
 
-def gradient_penalty(D, real, fake, labels):
+def interpolate(real, fake):
+    """Random points between real and fake clips, where WGAN-GP holds D's gradient norm at 1."""
     eps = torch.rand(real.size(0), 1, 1, 1, device=real.device)
-    mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    grad, = torch.autograd.grad(D(mix, labels).sum(), mix, create_graph=True)
-    return 10.0 * ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    return (eps * real + (1 - eps) * fake).requires_grad_(True)
+
+
+def gradient_penalty(logits, inputs, target: float):
+    """Mean squared distance of the norm of d(logits)/d(inputs) from `target` (WGAN-GP: 1; R1: 0)."""
+    grad, = torch.autograd.grad(logits.sum(), inputs, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - target) ** 2).mean()
 
 
 class AugmentForD:
@@ -202,8 +300,9 @@ class AugmentForD:
     leak into what G learns (Karras et al., 2020).
     """
 
-    def __init__(self, p: float, scale: dict, n_mels: int, max_shift=0.125, gain_db=6.0, cutout=0.125):
-        self.p, self.max_shift, self.cutout = p, max_shift, cutout
+    def __init__(self, p: float, scale: dict, n_mels: int, max_shift=0.125, gain_db=6.0, cutout=0.125,
+                 rank: int = 0, world: int = 1):
+        self.p, self.max_shift, self.cutout, self.rank, self.world = p, max_shift, cutout, rank, world
         unit, _ = bin_scale(scale, torch.zeros(1))
         self.floor = torch.as_tensor(normalise(np.full((n_mels, 1), scale["top_db"] - scale["range_db"]), scale))
         self.gain = gain_db / torch.as_tensor(unit, dtype=torch.float32)
@@ -213,18 +312,19 @@ class AugmentForD:
             return x
         n, _, h, w = x.shape
         floor, gain = self.floor.to(x.device), self.gain.to(x.device)
-        chosen = lambda: (torch.rand(n, 1, 1, 1, device=x.device) < self.p)  # noqa: E731
+        # Drawn for the whole global batch, then this process's share (see Cluster.share).
+        rand = lambda: torch.rand(n * self.world, 1, 1, 1)[self.rank::self.world].to(x.device)  # noqa: E731
+        chosen = lambda: rand() < self.p  # noqa: E731
         # Shift: frame t reads frame t - s; what comes from outside the clip is silence.
-        s = (torch.randint(-int(self.max_shift * w), int(self.max_shift * w) + 1, (n, 1, 1, 1), device=x.device)
-             * chosen())
+        s = ((rand() * 2 - 1) * self.max_shift * w).round().long() * chosen()
         src = torch.arange(w, device=x.device).view(1, 1, 1, w) - s
         shifted = x.gather(3, src.clamp(0, w - 1).expand(n, 1, h, w))
         x = torch.where((src < 0) | (src >= w), floor, shifted)
-        level = (torch.rand(n, 1, 1, 1, device=x.device) * 2 - 1) * chosen()
+        level = (rand() * 2 - 1) * chosen()
         x = torch.minimum(torch.maximum(x + level * gain, floor), torch.ones_like(x))
         for axis, size in ((2, h), (3, w)):
-            width = (torch.rand(n, 1, 1, 1, device=x.device) * self.cutout * size).long() * chosen()
-            start = (torch.rand(n, 1, 1, 1, device=x.device) * (size - width + 1)).long()
+            width = (rand() * self.cutout * size).long() * chosen()
+            start = (rand() * (size - width + 1)).long()
             pos = torch.arange(size, device=x.device).view(1, 1, -1, 1) if axis == 2 else \
                 torch.arange(size, device=x.device).view(1, 1, 1, -1)
             x = torch.where((pos >= start) & (pos < start + width), floor, x)
@@ -235,7 +335,7 @@ class AugmentForD:
 # Checkpoints
 # ----------------------------------------------------------------------------
 
-def save_checkpoint(path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rng):
+def save_checkpoint(path, G, D, ema, opt_g, opt_d, epoch, history, meta):
     """Everything a resumed run needs, as tensors and plain types only.
 
     So the file loads with torch.load(weights_only=True): a checkpoint is data that
@@ -247,7 +347,6 @@ def save_checkpoint(path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rn
              "meta": meta, "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                                    "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)),
                                              "pos": np_state[2], "has_gauss": np_state[3], "gauss": np_state[4]},
-                                   "data": data_rng.get_state(),
                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
     with ad.atomic_output(path) as tmp:
         torch.save(state, tmp)
@@ -310,38 +409,49 @@ def ema_with_warmup(decay: float):
 # Training
 # ----------------------------------------------------------------------------
 
-def train_step(G, D, ema, opt_g, opt_d, real, labels, z, loss_kind, mode_seeking, augment,
+def train_step(G, D, ema, opt_g, opt_d, real, labels, z, z2, loss_kind, mode_seeking, augment,
                ac_weight=0.0, r1=0.0) -> tuple[float, float]:
-    """One discriminator update, then one generator update and its moving average; returns both losses."""
-    fake = G(z, labels)
+    """One discriminator update, then one generator update and its moving average; returns both losses.
+
+    G and D may be DDP replicas: each takes one forward and one backward per update
+    (real and fake go through D as one batch; the mode-seeking pair through G as
+    one), and D's gradients in the generator's update, which are thrown away, are
+    not averaged between processes (no_sync). `z2` is the mode-seeking term's second
+    noise, for the first len(z2) clips. `ema` averages the unwrapped generator.
+    """
+    n = len(real)
+    both = G(torch.cat([z, z2]), torch.cat([labels, labels[: len(z2)]]))
+    fake, fake2 = both[:n], both[n:]
     real_in = augment(real).detach().requires_grad_(r1 > 0)
-    real_logits, real_classes = D(real_in, labels, with_classes=True) if ac_weight else (D(real_in, labels), None)
-    loss_d = d_loss(loss_kind, real_logits, D(augment(fake.detach()), labels))
-    if ac_weight:  # the class head learns from real clips only, so G cannot teach it its own mistakes
-        loss_d = loss_d + ac_weight * F.cross_entropy(real_classes, labels)
-    if r1 > 0:  # Mescheder et al., 2018: keep D flat around the real data
-        grad, = torch.autograd.grad(real_logits.sum(), real_in, create_graph=True)
-        loss_d = loss_d + r1 / 2 * grad.pow(2).flatten(1).sum(1).mean()
+    inputs = [real_in, augment(fake.detach())]
     if loss_kind == "wgan-gp":
-        loss_d = loss_d + gradient_penalty(D, real, fake.detach(), labels)
+        inputs.append(interpolate(real, fake.detach()))
+    logits, classes = D(torch.cat(inputs), labels.repeat(len(inputs)), with_classes=True)
+    loss_d = d_loss(loss_kind, logits[:n], logits[n:2 * n])
+    if ac_weight:  # the class head learns from real clips only, so G cannot teach it its own mistakes
+        loss_d = loss_d + ac_weight * F.cross_entropy(classes[:n], labels)
+    if r1 > 0:  # Mescheder et al., 2018: keep D flat around the real data
+        loss_d = loss_d + r1 / 2 * gradient_penalty(logits[:n], real_in, 0.0)
+    if loss_kind == "wgan-gp":
+        loss_d = loss_d + 10.0 * gradient_penalty(logits[2 * n:], inputs[2], 1.0)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
-    if ac_weight:
+    with D.no_sync() if isinstance(D, DDP) else contextlib.nullcontext():
         fake_logits, fake_classes = D(augment(fake), labels, with_classes=True)
-        loss_g = g_loss(loss_kind, fake_logits) + ac_weight * F.cross_entropy(fake_classes, labels)
-    else:
-        loss_g = g_loss(loss_kind, D(augment(fake), labels))
-    if mode_seeking > 0 and len(z) > 1:
-        loss_g = loss_g + mode_seeking * mode_seeking_penalty(G, fake, z, labels)
-    opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
+        loss_g = g_loss(loss_kind, fake_logits)
+        if ac_weight:
+            loss_g = loss_g + ac_weight * F.cross_entropy(fake_classes, labels)
+        if mode_seeking > 0 and len(z2):
+            loss_g = loss_g + mode_seeking * mode_seeking_penalty(fake[: len(z2)], fake2, z[: len(z2)], z2)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
     opt_g.step()
-    ema.update_parameters(G)
+    ema.update_parameters(G.module if isinstance(G, DDP) else G)
     return loss_d.item(), loss_g.item()
 
 
-def train(args, out: Path, device):
+def train(args, out: Path, cluster: Cluster):
     cfg = ad.FeatureConfig(sr=args.sr, duration=args.duration, n_fft=args.n_fft, hop_length=args.hop_length,
                            n_mels=args.n_mels)
     checkpoint_path = Path(args.checkpoint or out / CHECKPOINT)
@@ -351,7 +461,15 @@ def train(args, out: Path, device):
     elif checkpoint_path.exists():
         ad.warn(f"{checkpoint_path} exists: starting afresh; it is replaced after the first epoch "
                 f"(use --resume to continue it instead)")
+    device = cluster.device
+    if args.batch_size % cluster.world:
+        raise ad.DataError(f"--batch-size {args.batch_size} does not split evenly between {cluster.world} processes")
+    # The first process of each machine decodes the clips into its cache; the others then read it.
+    if cluster.local_rank != 0:
+        cluster.barrier()
     x, y, classes, scale = load_spectrograms(args, cfg)
+    if cluster.local_rank == 0:
+        cluster.barrier()
     if state and state["meta"]["classes"] != classes:
         raise ad.DataError(f"the classes in {args.data_dir} differ from the checkpoint's: {state['meta']['classes']}")
     meta = state["meta"] if state else {
@@ -360,40 +478,59 @@ def train(args, out: Path, device):
                   "upsample": args.upsample, "d_positions": args.d_positions, "ac_weight": args.ac_weight}}
     loss_kind = meta["model"]["loss"]
     G, D, ema = build_models(meta, device, state)
+    G_train, D_train = cluster.wrap(G, D)
     # (0.5, 0.999) is the classic DCGAN setting for BCE; spectral-norm hinge and WGAN-GP train
     # better without first-moment momentum (SNGAN, BigGAN).
     betas = (0.5, 0.999) if loss_kind == "bce" else (0.0, 0.9)
     opt_g = torch.optim.Adam(G.parameters(), args.lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), args.lr_d or args.lr, betas=betas)
-    data_rng = torch.Generator().manual_seed(args.seed)
     history, start_epoch = [], 1
     if state:
         try:
             opt_g.load_state_dict(state["opt_g"])
             opt_d.load_state_dict(state["opt_d"])
             history, start_epoch = list(state["history"]), int(state["epoch"]) + 1
-            restore_rng(state["rng"], data_rng)
+            restore_rng(state["rng"])
         except Exception as e:
             raise not_our_checkpoint(checkpoint_path, f"its training state does not fit: {_reason(e)}") from None
         print(f"resuming {checkpoint_path} after epoch {state['epoch']}")
 
-    loader = DataLoader(TensorDataset(x, y), batch_size=args.batch_size, shuffle=True, generator=data_rng,
-                        drop_last=len(x) > args.batch_size)
-    print(f"{len(x)} clips in {len(classes)} classes ({', '.join(classes)}); spectrograms {cfg.n_mels}x{cfg.n_frames}; "
+    # The sampler shuffles by (seed, epoch) and deals the clips out in turn: the processes'
+    # batches together are the batch one process would take (so a resumed or distributed
+    # run sees the data in the same order). Alone, it is one process's sampler.
+    local_batch = args.batch_size // cluster.world
+    sampler = DistributedSampler(TensorDataset(x, y), num_replicas=cluster.world, rank=cluster.rank, shuffle=True,
+                                 seed=args.seed, drop_last=True)
+    loader = DataLoader(TensorDataset(x, y), batch_size=local_batch, sampler=sampler,
+                        drop_last=len(sampler) > local_batch)
+    latent = meta["model"]["latent_dim"]
+    if cluster.main:
+        print(f"{len(x)} clips in {len(classes)} classes ({', '.join(classes)}); spectrograms {cfg.n_mels}x{cfg.n_frames}; "
           f"G {sum(p.numel() for p in G.parameters()):,} / D {sum(p.numel() for p in D.parameters()):,} parameters; "
-          f"{loss_kind} loss on {device}")
-    augment = AugmentForD(args.d_augment, meta["scale"], cfg.n_mels)
+              f"{loss_kind} loss on {device}" + (f", {cluster.world} processes of {local_batch} clips a step"
+                                                 if cluster.distributed else ""))
+    augment = AugmentForD(args.d_augment, meta["scale"], cfg.n_mels, rank=cluster.rank, world=cluster.world)
     fixed_z = torch.randn(len(classes) * 4, meta["model"]["latent_dim"], generator=torch.Generator().manual_seed(args.seed))
     fixed_labels = torch.arange(len(classes)).repeat_interleave(4)
     for epoch in range(start_epoch, args.epochs + 1):
+        sampler.set_epoch(epoch)
         sums = np.zeros(3)
         # disable=None: a live bar on a terminal, silence in logs (a summary line follows each epoch).
-        for real, labels in tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True, disable=None):
-            z = torch.randn(len(real), meta["model"]["latent_dim"], device=device)
-            sums += [*train_step(G, D, ema, opt_g, opt_d, real.to(device), labels.to(device), z, loss_kind,
-                                 args.mode_seeking, augment, meta["model"].get("ac_weight", 0.0), args.r1), 1]
+        for real, labels in tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", leave=False, dynamic_ncols=True,
+                                 disable=None if cluster.main else True):
+            # Noise drawn for the global batch; each process takes its share.
+            z = cluster.share(torch.randn(len(real) * cluster.world, latent)).to(device)
+            z2 = cluster.share(torch.randn(len(real) * cluster.world // 2 if args.mode_seeking > 0 else 0, latent))
+            sums += [*train_step(G_train, D_train, ema, opt_g, opt_d, real.to(device), labels.to(device), z,
+                                 z2.to(device), loss_kind, args.mode_seeking, augment,
+                                 meta["model"].get("ac_weight", 0.0), args.r1), 1]
+        sums = cluster.mean(sums)
+        cluster.check_replicas(G, D)
         history.append({"epoch": epoch, "loss_d": float(sums[0] / sums[2]), "loss_g": float(sums[1] / sums[2])})
-        save_checkpoint(checkpoint_path, G, D, ema, opt_g, opt_d, epoch, history, meta, data_rng)
+        if not cluster.main:
+            cluster.barrier()  # while rank 0 writes the epoch's files
+            continue
+        save_checkpoint(checkpoint_path, G, D, ema, opt_g, opt_d, epoch, history, meta)
         write_losses(history, out)
         if epoch % args.sample_every == 0 or epoch == args.epochs:
             with torch.no_grad():
@@ -402,16 +539,16 @@ def train(args, out: Path, device):
             plot_mels(denormalise(grid[:, 0].numpy(), meta["scale"]), classes, 4, out / "samples" / f"epoch_{epoch:04d}.png",
                       f"epoch {epoch}")
         print(f"epoch {epoch}/{args.epochs}: loss D {history[-1]['loss_d']:.3f}, G {history[-1]['loss_g']:.3f}")
+        cluster.barrier()
     return checkpoint_path
 
 
-def restore_rng(rng, data_rng):
+def restore_rng(rng):
     torch.set_rng_state(rng["torch"])
     np_state = rng["numpy"]
     np.random.set_state(("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"],
                          np_state["has_gauss"], np_state["gauss"]))
     random.setstate(rng["python"])
-    data_rng.set_state(rng["data"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
 
@@ -595,15 +732,24 @@ def write_listening_page(folder: Path, generated: dict, real: dict, scale: dict,
 def run(args):
     start = time.time()
     out = Path(args.out)
-    ad.remove_stale_temporaries(out, out / "cache", out / "samples", out / "generated",
-                                *(out / "generated").glob("*/"), Path(args.checkpoint or out).parent)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    if args.generate_only:
-        checkpoint_path = Path(args.checkpoint or out / CHECKPOINT)
-    else:
-        checkpoint_path = train(args, out, pick_device(args.device))
+    cluster = Cluster(args.device)
+    try:
+        if cluster.main:
+            ad.remove_stale_temporaries(out, out / "cache", out / "samples", out / "generated",
+                                        *(out / "generated").glob("*/"), Path(args.checkpoint or out).parent)
+        # The same seed in every process: the same initial weights, and the same draws for the
+        # global batch, of which each process takes its share.
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        random.seed(args.seed)
+        if args.generate_only:
+            checkpoint_path = Path(args.checkpoint or out / CHECKPOINT)
+        else:
+            checkpoint_path = train(args, out, cluster)
+    finally:
+        cluster.close()
+    if not cluster.main:
+        return
     n = generate(checkpoint_path, out, args.samples_per_class, args.gl_iters, args.seed, args.data_dir)
     print(f"\nwrote {n} clips to {out / 'generated'}/<class>/, spectrograms in {out / 'generated_mels.png'}; "
           f"listen in {out / 'generated' / 'index.html'}")
