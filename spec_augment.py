@@ -110,32 +110,6 @@ def mixup(x, y, seed, alpha: float):
     return mixed_x, mixed_y
 
 
-def freq_mixstyle(x, seed, p: float, alpha: float = 0.3):
-    """Freq-MixStyle: give a share `p` of the clips another clip's per-band level and spread, in part.
-
-    Each mel band's mean and standard deviation over time carry the recording
-    chain (microphone, room, sampler, mastering EQ) as much as the sound; mixing
-    them between clips of a batch with a Beta(alpha, alpha) weight keeps the
-    clip's own time-frequency pattern while its "device" varies. (Kim et al.,
-    "Domain generalization on efficient acoustic scene classification using
-    residual normalization", and Schmid et al., DCASE 2022.)
-    """
-    if p <= 0:
-        return x
-    s1, s2, s3, s4 = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-    batch = tf.shape(x)[0]
-    mean = tf.reduce_mean(x, axis=2, keepdims=True)
-    std = tf.sqrt(tf.math.reduce_variance(x, axis=2, keepdims=True) + 1e-6)
-    g1 = tf.random.stateless_gamma([batch, 1, 1], s1, alpha)
-    g2 = tf.random.stateless_gamma([batch, 1, 1], s2, alpha)
-    lam = g1 / (g1 + g2 + 1e-9)
-    perm = tf.random.experimental.stateless_shuffle(tf.range(batch), s3)
-    mixed_mean = lam * mean + (1 - lam) * tf.gather(mean, perm)
-    mixed_std = lam * std + (1 - lam) * tf.gather(std, perm)
-    apply = tf.random.stateless_uniform([batch, 1, 1], s4) < p
-    return tf.where(apply, (x - mean) / std * mixed_std + mixed_mean, x)
-
-
 def _pitch_shift_table(cfg, semitones: float, step: float = 0.1) -> np.ndarray:
     """Source mel-band position for every band, one row per pitch step in [-semitones, semitones].
 

@@ -40,7 +40,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 from sklearn.utils.class_weight import compute_class_weight  # noqa: E402
 
 from cnn_model import build_cnn  # noqa: E402
-from spec_augment import AUGMENTATIONS, SpecAugmenter, freq_mixstyle, mixup  # noqa: E402
+from spec_augment import AUGMENTATIONS, SpecAugmenter, mixup  # noqa: E402
 
 SUBMISSION = "submission_cnn_v2.csv"
 # All but pitch shift: see docs/RESULTS.md's ablation table.
@@ -99,11 +99,6 @@ def parse_args(argv=None):
                    help="which augmentations to use (pitch shift moves a sound's spectral envelope too, "
                    "and cost accuracy on real recordings)")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha; 0 turns mixup off")
-    g.add_argument("--mixstyle", type=float, default=0.0,
-                   help="share of training clips given another clip's per-band level and spread (Freq-MixStyle)")
-    g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
-                   help="plateau: halve the learning rate when validation stalls; cosine: warm up, then cosine decay")
     g.add_argument("--tta", type=int, default=1,
                    help="test-time augmentation: average the predictions of the clip and TTA-1 augmented copies")
     g.add_argument("--seed", type=int, default=0, help="same seed, same result (on the CPU)")
@@ -185,7 +180,7 @@ def ensemble(models) -> keras.Model:
     return keras.Model(inputs, outputs, name="cnn_ensemble")
 
 
-def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0, mixstyle=0.0, seed=0):
+def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0, seed=0):
     """Batches of (log-mel, one-hot) read by row from the memory-mapped features.
 
     Training batches (augmenter given) are shuffled and repeated endlessly, and
@@ -206,7 +201,7 @@ def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0,
         def augment(batch, i):
             s = tf.stack([tf.constant(seed, tf.int64), i])
             xb, yb = batch
-            return mixup(freq_mixstyle(augmenter(xb, s), s + 2, mixstyle), yb, s + 1, mixup_alpha)
+            return mixup(augmenter(xb, s), yb, s + 1, mixup_alpha)
         ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter()).map(augment)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -220,10 +215,12 @@ def predict_rows(model, x, rows, batch_size, augmenter=None, copies=1, seed=0):
     no_labels = np.zeros((len(rows), model.output_shape[-1]), np.float32)
     ds = make_dataset(x, rows, no_labels, batch_size)
     probs = model.predict(ds, verbose=0)
-    for copy in range(1, copies if augmenter is not None else 1):
-        augmented = ds.enumerate().map(lambda i, b: (augmenter(b[0], tf.stack([tf.constant(seed + copy, tf.int64), i])), b[1]))
-        probs += model.predict(augmented, verbose=0)
-    return probs / max(1, copies if augmenter is not None else 1)
+    if augmenter is None or copies <= 1:
+        return probs
+    for copy in range(1, copies):
+        draw = lambda i, batch: (augmenter(batch[0], tf.stack([tf.constant(seed + copy, tf.int64), i])), batch[1])  # noqa: E731
+        probs += model.predict(ds.enumerate().map(draw), verbose=0)
+    return probs / copies
 
 
 def feature_stats(x, rows, top_db=None, chunk=512):
@@ -294,27 +291,34 @@ class FinishEpochOnInterrupt(keras.callbacks.Callback):
         signal.signal(signal.SIGINT, self.previous_handler)
 
 
+def distribution_strategy():
+    """MirroredStrategy over every GPU when there are several (or over logical CPU devices,
+    if someone configured them), else TensorFlow's default single-device strategy."""
+    for kind in ("GPU", "CPU"):
+        devices = tf.config.list_logical_devices(kind)
+        if len(devices) > 1:
+            return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
 def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"):
     n_classes = len(classes)
     onehot = np.eye(n_classes, dtype=np.float32)[y]
     mean, variance = feature_stats(x, rows[train_idx], top_db=args.top_db if args.level == "clip" else None)
     cfg = feature_config(args)
-    model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout,
-                      level=args.level, top_db=args.top_db, name=name)
-    steps = math.ceil(max(len(train_idx), args.epoch_clips) / args.batch_size)
-    lr = args.lr
-    if args.schedule == "cosine":
-        warmup = 2 * steps
-        lr = keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, args.epochs * steps - warmup),
-                                                    warmup_target=args.lr, warmup_steps=warmup, alpha=0.01)
-    model.compile(optimizer=keras.optimizers.Adam(lr), metrics=["accuracy"],
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing))
+    strategy = distribution_strategy()
+    # --batch-size clips per replica: with several GPUs each step sees that many times more clips
+    # (fewer steps per epoch) at the same learning rate.
+    batch = args.batch_size * strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout,
+                          level=args.level, top_db=args.top_db, name=name)
+        model.compile(optimizer=keras.optimizers.Adam(args.lr), loss="categorical_crossentropy", metrics=["accuracy"])
 
     augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations)
-    train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], args.batch_size, augmenter, args.mixup,
-                            args.mixstyle, args.seed)
+    train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], batch, augmenter, args.mixup, args.seed)
     has_val = len(val_idx) > 0
-    val_ds = make_dataset(x, rows[val_idx], onehot[val_idx], args.batch_size) if has_val else None
+    val_ds = make_dataset(x, rows[val_idx], onehot[val_idx], batch) if has_val else None
     monitor = "val_loss" if has_val else "loss"
 
     counts = np.bincount(y[train_idx], minlength=n_classes)
@@ -331,13 +335,14 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
         keras.callbacks.BackupAndRestore(str(state / "backup")),
         keras.callbacks.ModelCheckpoint(str(state / "best.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience, restore_best_weights=True),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(2, args.patience // 3), min_lr=1e-5),
         FinishEpochOnInterrupt(),
     ]
-    if args.schedule == "plateau":
-        callbacks.insert(-1, keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
-                                                               patience=max(2, args.patience // 3), min_lr=1e-5))
+    replicas = strategy.num_replicas_in_sync
     print(f"training on {len(train_idx)} clips, validating on {len(val_idx)}; "
-          f"{model.count_params():,} parameters; up to {args.epochs} epochs")
+          f"{model.count_params():,} parameters; up to {args.epochs} epochs"
+          + (f"; {replicas} replicas ({type(strategy).__name__}), {batch} clips a step" if replicas > 1 else ""))
+    steps = math.ceil(max(len(train_idx), args.epoch_clips) / batch)
     model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
               validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)

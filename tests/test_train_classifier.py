@@ -241,3 +241,19 @@ def test_an_interrupted_run_of_folds_is_kept_for_resuming(tmp_path):
     assert (state / "fold_0" / "finished.keras").exists()
     assert tc.prepare_state_dir(state, {**settings, "seed": 1}) is False  # other settings: afresh
     assert not (state / "fold_0").exists()
+
+
+def test_test_time_augmentation_averages_the_clip_and_its_augmented_copies(data, trained):
+    model, meta = tc.load_saved_model(trained / "classifier.keras")
+    cfg = tc.ad.FeatureConfig.from_dict(meta["features"])
+    x = np.random.default_rng(0).uniform(-80, -10, (6, cfg.n_mels, cfg.n_frames)).astype(np.float32)
+    rows = np.arange(6)
+    plain = tc.predict_rows(model, x, rows, 4)
+    same = tc.predict_rows(model, x, rows, 4, tc.SpecAugmenter(cfg, strength=0.0), copies=3)
+    np.testing.assert_allclose(same, plain, atol=1e-6)  # copies that are not augmented change nothing
+    tta = tc.predict_rows(model, x, rows, 4, tc.SpecAugmenter(cfg, strength=1.0), copies=3)
+    np.testing.assert_allclose(tta.sum(axis=1), 1.0, atol=1e-5)
+    assert np.abs(tta - plain).max() > 1e-4
+    assert run(data, trained / "tta", "--model", str(trained / "classifier.keras"), "--tta", "3") == 0
+    assert len(pd.read_csv(trained / "tta" / "submission_cnn_v2.csv")) == 14
+
