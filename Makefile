@@ -51,7 +51,7 @@ DATA ?= $(DEVSETS)/drums@2.0 $(DEVSETS)/instruments@1.0
 bench-accuracy: $(STAMP)
 	$(PY) bench/bench_accuracy.py $(DATA)
 
-# The cGAN on real drums, scored by a classifier trained on them (about 15 min on 2 cores).
+# The cGAN on real drums, scored by a classifier trained on them (about 8 min on 2 cores).
 DRUMS ?= $(DEVSETS)/drums
 bench-cgan: $(STAMP)
 	$(PY) bench/bench_cgan.py $(DRUMS)
