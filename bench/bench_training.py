@@ -68,11 +68,13 @@ def cgan_epoch_seconds(cfg, steps, repeats):
     opt_g, opt_d = (torch.optim.Adam(m.parameters(), 2e-4, betas=(0.0, 0.9)) for m in (G, D))
     x, y = fake_log_mels(BATCH, cfg, 6, np.random.default_rng(0))
     real, labels = torch.from_numpy(x / 50 + 1)[:, None].clamp(-1, 1), torch.from_numpy(y)
+    augment = train_cgan.AugmentForD(0.5, {"top_db": 0.0, "range_db": train_cgan.DYNAMIC_RANGE_DB}, cfg.n_mels)
     times = []
     for _ in range(1 + repeats):
         start = time.perf_counter()
         for _ in range(steps):
-            train_cgan.train_step(G, D, ema, opt_g, opt_d, real, labels, torch.randn(BATCH, 128), "hinge", 0.1)
+            train_cgan.train_step(G, D, ema, opt_g, opt_d, real, labels, torch.randn(BATCH, 128),
+                                  torch.randn(BATCH // 2, 128), "hinge", 0.1, augment)
         times.append(time.perf_counter() - start)
     return statistics.median(times[1:])
 
@@ -92,7 +94,7 @@ def main():
         else:
             rate = steps / cgan_epoch_seconds(cfg, steps, args.repeats)
             rows.append(row(f"cGAN training, {name} settings", rate, "steps/s",
-                            detail=f"spectrograms {shape}, width 32, batch {BATCH}, hinge + mode-seeking"))
+                            detail=f"spectrograms {shape}, width 32, batch {BATCH}, hinge + mode-seeking, D augmentation"))
     report(args, rows)
 
 

@@ -34,3 +34,9 @@ def test_inversion_benchmark_reconstructs_with_both_methods(tmp_path):
     [row] = bench(tmp_path, "bench_inversion.py", "--clips", "2", "--iters", "8")
     # Both rebuilt the clips' spectra (white noise scores above 1; the full run's 64 iterations, about 0.26).
     assert 0 < row["spectral_convergence_ours"] < 0.8 and 0 < row["spectral_convergence_librosa"] < 0.8
+
+
+def test_training_benchmark_steps_the_cgan_as_the_script_does(tmp_path):
+    rows = bench(tmp_path, "bench_training.py", "cgan")
+    assert [r["unit"] for r in rows] == ["steps/s", "steps/s"] and all(r["ours"] > 0 for r in rows)
+    assert rows[0]["ours"] > rows[1]["ours"]  # the demo's small spectrograms step faster than the defaults'
