@@ -301,8 +301,8 @@ class AugmentForD:
     """
 
     def __init__(self, p: float, scale: dict, n_mels: int, max_shift=0.125, gain_db=6.0, cutout=0.125,
-                 rank: int = 0, world: int = 1):
-        self.p, self.max_shift, self.cutout, self.rank, self.world = p, max_shift, cutout, rank, world
+                 cluster=None):
+        self.p, self.max_shift, self.cutout, self.cluster = p, max_shift, cutout, cluster
         unit, _ = bin_scale(scale, torch.zeros(1))
         self.floor = torch.as_tensor(normalise(np.full((n_mels, 1), scale["top_db"] - scale["range_db"]), scale))
         self.gain = gain_db / torch.as_tensor(unit, dtype=torch.float32)
@@ -313,7 +313,8 @@ class AugmentForD:
         n, _, h, w = x.shape
         floor, gain = self.floor.to(x.device), self.gain.to(x.device)
         # Drawn for the whole global batch, then this process's share (see Cluster.share).
-        rand = lambda: torch.rand(n * self.world, 1, 1, 1)[self.rank::self.world].to(x.device)  # noqa: E731
+        world, share = (self.cluster.world, self.cluster.share) if self.cluster else (1, lambda t: t)
+        rand = lambda: share(torch.rand(n * world, 1, 1, 1)).to(x.device)  # noqa: E731
         chosen = lambda: rand() < self.p  # noqa: E731
         # Shift: frame t reads frame t - s; what comes from outside the clip is silence.
         s = ((rand() * 2 - 1) * self.max_shift * w).round().long() * chosen()
@@ -325,8 +326,7 @@ class AugmentForD:
         for axis, size in ((2, h), (3, w)):
             width = (rand() * self.cutout * size).long() * chosen()
             start = (rand() * (size - width + 1)).long()
-            pos = torch.arange(size, device=x.device).view(1, 1, -1, 1) if axis == 2 else \
-                torch.arange(size, device=x.device).view(1, 1, 1, -1)
+            pos = torch.arange(size, device=x.device).view((-1, 1) if axis == 2 else (1, -1))
             x = torch.where((pos >= start) & (pos < start + width), floor, x)
         return x
 
@@ -509,7 +509,7 @@ def train(args, out: Path, cluster: Cluster):
           f"G {sum(p.numel() for p in G.parameters()):,} / D {sum(p.numel() for p in D.parameters()):,} parameters; "
               f"{loss_kind} loss on {device}" + (f", {cluster.world} processes of {local_batch} clips a step"
                                                  if cluster.distributed else ""))
-    augment = AugmentForD(args.d_augment, meta["scale"], cfg.n_mels, rank=cluster.rank, world=cluster.world)
+    augment = AugmentForD(args.d_augment, meta["scale"], cfg.n_mels, cluster=cluster)
     fixed_z = torch.randn(len(classes) * 4, meta["model"]["latent_dim"], generator=torch.Generator().manual_seed(args.seed))
     fixed_labels = torch.arange(len(classes)).repeat_interleave(4)
     for epoch in range(start_epoch, args.epochs + 1):
