@@ -80,6 +80,9 @@ def parse_args(argv=None):
     g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (halved on plateaus)")
     g.add_argument("--patience", type=int, default=10, help="epochs without validation improvement before stopping")
     g.add_argument("--val-split", type=float, default=0.2, help="fraction held out for validation (stratified); 0 trains on all")
+    g.add_argument("--ensemble", type=int, default=1,
+                   help="N > 1: train N models, each on its own random split (seeds --seed, --seed+1, ...), "
+                   "and predict with their average")
     g.add_argument("--folds", type=int, default=1,
                    help="K > 1: train K models, each validated on another K-th of the clips (out-of-fold report), "
                    "and predict with their average")
@@ -131,7 +134,7 @@ def recording_of(path: Path, pattern) -> str:
     return m.group(1) if m.groups() else m.group(0)
 
 
-def split_train_val(y, paths, val_split, group_regex, seed, classes=None):
+def split_train_val(y, paths, val_split, group_regex, seed, classes=None, quiet=False):
     """Stratified train/validation split, made before any augmentation so none can leak.
 
     With --group-regex, clips of one recording stay together on one side. Classes
@@ -150,21 +153,30 @@ def split_train_val(y, paths, val_split, group_regex, seed, classes=None):
         return train, val
     counts = np.bincount(y)
     rare = counts[y] < 2
-    for c in np.flatnonzero((counts > 0) & (counts < 2)):
+    for c in np.flatnonzero((counts > 0) & (counts < 2) & (not quiet)):
         ad.warn(f"class '{classes[c] if classes else c}' has a single clip: it is used for training only")
     n_classes = int((counts >= 2).sum())
     n_val = max(math.ceil(val_split * (~rare).sum()), n_classes)
     if (~rare).sum() - n_val < n_classes:
-        ad.warn(f"too few clips ({len(y)}) for a validation split: training on all, without validation")
+        if not quiet:
+            ad.warn(f"too few clips ({len(y)}) for a validation split: training on all, without validation")
         return idx, idx[:0]
     train, val = train_test_split(idx[~rare], test_size=n_val, stratify=y[~rare], random_state=seed)
     return np.sort(np.r_[train, idx[rare]]), np.sort(val)
 
 
 def validation_splits(y, paths, args, classes) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(train, validation) index pairs: one split, or with --folds K, K stratified folds."""
+    """(train, validation) index pairs: one split, one per member with --ensemble N, or K stratified folds.
+
+    An ensemble's members differ in their random splits as well as their initial
+    weights: between them they learn from (almost) every clip.
+    """
+    if args.folds > 1 and args.ensemble > 1:
+        raise ad.DataError("--folds and --ensemble both train several models: choose one")
     if args.folds <= 1:
-        return [split_train_val(y, paths, args.val_split, args.group_regex, args.seed, classes)]
+        return [split_train_val(y, paths, args.val_split, args.group_regex, args.seed + k, classes,
+                                quiet=k > 0)
+                for k in range(max(1, args.ensemble))]
     groups = [recording_of(p, re.compile(args.group_regex)) for p in paths] if args.group_regex else None
     folds = (StratifiedGroupKFold if groups else StratifiedKFold)(args.folds, shuffle=True, random_state=args.seed)
     try:
@@ -301,7 +313,9 @@ def distribution_strategy():
     return tf.distribute.get_strategy()
 
 
-def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"):
+def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn", seed=0):
+    """One model; `seed` sets its initial weights and augmentation draws (each member of an ensemble its own)."""
+    keras.utils.set_random_seed(seed)
     n_classes = len(classes)
     onehot = np.eye(n_classes, dtype=np.float32)[y]
     mean, variance = feature_stats(x, rows[train_idx], top_db=args.top_db if args.level == "clip" else None)
@@ -316,7 +330,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
         model.compile(optimizer=keras.optimizers.Adam(args.lr), loss="categorical_crossentropy", metrics=["accuracy"])
 
     augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations)
-    train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], batch, augmenter, args.mixup, args.seed)
+    train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], batch, augmenter, args.mixup, seed)
     has_val = len(val_idx) > 0
     val_ds = make_dataset(x, rows[val_idx], onehot[val_idx], batch) if has_val else None
     monitor = "val_loss" if has_val else "loss"
@@ -514,9 +528,9 @@ def run(args):
             model = keras.models.load_model(finished, safe_mode=True)
         else:
             if len(splits) > 1:
-                print(f"fold {k + 1} of {len(splits)}")
+                print(f"{'model' if args.ensemble > 1 else 'fold'} {k + 1} of {len(splits)}")
                 fold_state.mkdir(exist_ok=True)
-            model = train(args, x, rows, y, classes, train_idx, val_idx, fold_state, name=f"cnn_{k}")
+            model = train(args, x, rows, y, classes, train_idx, val_idx, fold_state, name=f"cnn_{k}", seed=args.seed + k)
             if len(splits) > 1:
                 model.save(finished)
         models.append(model)
@@ -542,7 +556,8 @@ def run(args):
     print(f"\nsaved {model_path} (+ classifier.json), history.csv, training_curves.png"
           + (", confusion_matrix.png, classification_report.txt" if scores else "") + f" in {out}")
     if scores:
-        print(f"validation{' (out of fold)' if len(models) > 1 else ''}: accuracy {scores['val_accuracy']:.3f}, "
+        held_out = " (out of fold)" if args.folds > 1 else " (each clip by a member that did not train on it)"
+        print(f"validation{held_out if len(models) > 1 else ''}: accuracy {scores['val_accuracy']:.3f}, "
               f"macro F1 {scores['val_macro_f1']:.3f} on {len(val_idx)} clips")
     if not args.train_only:
         path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)

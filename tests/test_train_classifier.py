@@ -217,6 +217,49 @@ def test_folds_train_an_ensemble_with_an_out_of_fold_report(data, tmp_path):
     assert not (tmp_path / "train_state").exists()
 
 
+def test_ensemble_members_each_get_their_own_random_split():
+    from pathlib import Path
+    y = np.repeat([0, 1, 2], 20)
+    paths = [Path(f"{i}.wav") for i in range(60)]
+    single = tc.validation_splits(y, paths, tc.parse_args(["--seed", "3"]), None)
+    members = tc.validation_splits(y, paths, tc.parse_args(["--seed", "3", "--ensemble", "3"]), None)
+    assert len(single) == 1 and len(members) == 3
+    np.testing.assert_array_equal(members[0][1], single[0][1])  # member 0 is the model --ensemble 1 trains
+    for train, val in members:
+        assert not set(train) & set(val) and len(train) + len(val) == 60
+        assert np.bincount(y[val]).tolist() == [4, 4, 4]
+    held_out = [set(val) for _, val in members]
+    assert held_out[0] != held_out[1] != held_out[2]
+    assert len(set.union(*held_out)) > 12  # between them, the members trained on clips each other held out
+
+
+def test_an_ensemble_trains_members_from_different_seeds_and_predicts_with_their_average(data, tmp_path, capsys):
+    import json
+
+    import keras
+    assert run(data, tmp_path, "--epochs", "3", "--ensemble", "2") == 0
+    out = capsys.readouterr().out
+    assert "model 1 of 2" in out and "model 2 of 2" in out and "each clip by a member that did not train on it" in out
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    assert meta["folds"] == 2 and meta["validation_files"] == []
+    assert sorted(pd.read_csv(tmp_path / "history.csv").fold.unique()) == [0, 1]
+    model = keras.models.load_model(tmp_path / "classifier.keras", safe_mode=True)
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    assert [m.name for m in members] == ["cnn_0", "cnn_1"]
+    first_kernels = [next(w for w in m.weights if "kernel" in w.path).numpy() for m in members]
+    assert not np.allclose(*first_kernels)
+    x = np.random.default_rng(0).uniform(-80, -20, (4, *model.input_shape[1:])).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x, verbose=0),
+                               np.mean([m.predict(x, verbose=0) for m in members], axis=0), atol=1e-5)
+    assert len(pd.read_csv(tmp_path / "submission_cnn_v2.csv")) == 14
+
+
+def test_folds_and_ensemble_together_are_a_one_line_error(data, tmp_path, capsys):
+    assert run(data, tmp_path, "--epochs", "1", "--folds", "2", "--ensemble", "2") == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --folds and --ensemble both train several models: choose one")
+
+
 def test_clip_level_input_is_relative_to_the_peak_and_floored():
     import keras
 
