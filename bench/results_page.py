@@ -12,6 +12,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -119,7 +121,38 @@ def accuracy_section(results_dir: Path) -> list[str]:
                 cells += ([f"{r['accuracy']:.3f}", f"{r['val_accuracy']:.3f}" if r.get("val_accuracy") else "-",
                            f"{r['seconds']:.0f}"] if r else ["-", "-", "-"])
             lines.append(f"| {name} | `{flags}` | {commit} | " + " | ".join(cells) + " |")
+        lines += seed_summary(rows, data_sets)
     return lines + [""]
+
+
+def seed_summary(rows: list[dict], data_sets: list[str]) -> list[str]:
+    """Mean and spread of test accuracy over seeds, for each configuration run with several.
+
+    Rows named "NAME, seed N" are NAME run with another seed ("defaults" is the
+    default row of ours); a configuration with fewer than three runs is left out.
+    """
+    runs: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if r["model"] != "ours":
+            continue
+        name = "defaults" if r["variant"] == "default" else r["variant"]
+        base, sep, seed = name.rpartition(", seed ")
+        name = base if sep and seed.isdigit() else name
+        runs.setdefault(name, {}).setdefault(r["data"], []).append(r["accuracy"])
+    runs = {name: acc for name, acc in runs.items() if min(len(a) for a in acc.values()) >= 3}
+    if not runs:
+        return []
+    lines = ["", "Over seeds (each configuration with at least three runs above): mean test accuracy and "
+             "its standard deviation, the figures to compare configurations by.", "",
+             "| configuration | " + " | ".join(f"{d} runs | {d} mean | {d} sd" for d in data_sets) + " |",
+             "|---|" + "---:|---:|---:|" * len(data_sets)]
+    for name, acc in runs.items():
+        cells = []
+        for data in data_sets:
+            a = np.array(acc.get(data, []))
+            cells += [str(len(a)), f"{a.mean():.3f}", f"{a.std(ddof=1):.3f}"] if len(a) > 1 else ["-"] * 3
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def cgan_section(results_dir: Path) -> list[str]:

@@ -40,3 +40,18 @@ def test_training_benchmark_steps_the_cgan_as_the_script_does(tmp_path):
     rows = bench(tmp_path, "bench_training.py", "cgan")
     assert [r["unit"] for r in rows] == ["steps/s", "steps/s"] and all(r["ours"] > 0 for r in rows)
     assert rows[0]["ours"] > rows[1]["ours"]  # the demo's small spectrograms step faster than the defaults'
+
+
+def test_results_page_summarises_configurations_run_with_three_seeds_or_more():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results_page import seed_summary
+
+    def row(variant, data, accuracy, model="ours"):
+        return {"model": model, "variant": variant, "data": data, "accuracy": accuracy}
+    rows = [row("default", "drums", 0.70), row("defaults, seed 1", "drums", 0.80), row("defaults, seed 2", "drums", 0.90),
+            row("default", "drums", 0.10, model="reference"),  # another model: not ours, not counted
+            row("wide", "drums", 0.95), row("wide, seed 1", "drums", 0.85)]  # two runs: too few to summarise
+    lines = seed_summary(rows, ["drums"])
+    table = [line for line in lines if line.startswith("| ") and not line.startswith("| configuration")]
+    assert table == ["| defaults | 3 | 0.800 | 0.100 |"]
+    assert seed_summary(rows[3:], ["drums"]) == []
