@@ -142,8 +142,8 @@ def seed_summary(rows: list[dict], data_sets: list[str]) -> list[str]:
     runs = {name: acc for name, acc in runs.items() if min(len(a) for a in acc.values()) >= 3}
     if not runs:
         return []
-    lines = ["", "Over seeds (each configuration with at least three runs above): mean test accuracy and "
-             "its standard deviation, the figures to compare configurations by.", "",
+    lines = ["", "Over seeds (each configuration with at least three runs above): mean test accuracy and its",
+             "standard deviation, the figures to compare configurations by.", "",
              "| configuration | " + " | ".join(f"{d} runs | {d} mean | {d} sd" for d in data_sets) + " |",
              "|---|" + "---:|---:|---:|" * len(data_sets)]
     for name, acc in runs.items():
