@@ -153,8 +153,9 @@ def split_train_val(y, paths, val_split, group_regex, seed, classes=None, quiet=
         return train, val
     counts = np.bincount(y)
     rare = counts[y] < 2
-    for c in np.flatnonzero((counts > 0) & (counts < 2) & (not quiet)):
-        ad.warn(f"class '{classes[c] if classes else c}' has a single clip: it is used for training only")
+    if not quiet:
+        for c in np.flatnonzero((counts > 0) & (counts < 2)):
+            ad.warn(f"class '{classes[c] if classes else c}' has a single clip: it is used for training only")
     n_classes = int((counts >= 2).sum())
     n_val = max(math.ceil(val_split * (~rare).sum()), n_classes)
     if (~rare).sum() - n_val < n_classes:
