@@ -10,10 +10,16 @@ accuracy, macro F1 and wall time, printed as one table and written as JSON rows.
 
 `--variant NAME="FLAGS"` adds runs of train_classifier.py with FLAGS on top of the
 README's CPU command: the rows of the results page's ablation table.
+
+`--sources K [K ...]` trains ours on only K sources (kits, instruments, recordings:
+named by `--source-regex`) of each class, drawn at random, `--draws` times per K with
+another draw and seed each time: how test accuracy grows with the number of sources
+to learn from, the results page's learning curve.
 """
 import argparse
 import datetime
 import json
+import re
 import shlex
 import shutil
 import subprocess
@@ -21,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from run import commit, machine
@@ -41,6 +48,10 @@ def parse_args(argv=None):
                    choices=["ours", "reference", "linear"], help="which models to run at their defaults (none: only the --variant runs)")
     p.add_argument("--variant", action="append", default=[], metavar='NAME="FLAGS"',
                    help="also run ours with these extra flags (repeatable)")
+    p.add_argument("--sources", nargs="*", type=int, default=[], metavar="K",
+                   help="also train ours on K sources per class only (a learning curve over sources)")
+    p.add_argument("--draws", type=int, default=3, help="random draws of sources (and seeds) per K")
+    p.add_argument("--source-regex", default="^(.+?)__", help="group 1 names a clip's source (kit, instrument)")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "accuracy"), help="scratch folder")
     p.add_argument("--json", default=str(ROOT / "bench" / "accuracy.json"),
                    help="rows are merged into this file (same data set, model and variant: replaced)")
@@ -93,12 +104,54 @@ def run_one(model, variant, flags, folder, seconds, scratch: Path) -> dict:
     return row
 
 
+def sources_of(class_dir: Path, pattern) -> dict[str, list[Path]]:
+    by_source: dict[str, list[Path]] = {}
+    for f in sorted(class_dir.iterdir()):
+        m = pattern.search(f.name)
+        if f.is_file() and m:
+            by_source.setdefault(m.group(1), []).append(f)
+    return by_source
+
+
+def source_subset(folder: Path, k: int, draw: int, regex: str, scratch: Path) -> Path:
+    """A data set like `folder` (links, no copies) whose train/ keeps k randomly drawn sources of each class."""
+    rng = np.random.default_rng(draw)
+    sub = scratch / f"{folder.name}-{k}-sources-draw-{draw}"
+    shutil.rmtree(sub, ignore_errors=True)
+    for class_dir in sorted(d for d in (folder / "train").iterdir() if d.is_dir()):
+        by_source = sources_of(class_dir, re.compile(regex))
+        if len(by_source) < k:
+            sys.exit(f"error: {class_dir} has {len(by_source)} sources matching {regex!r}, fewer than {k}")
+        (sub / "train" / class_dir.name).mkdir(parents=True)
+        for source in rng.choice(sorted(by_source), k, replace=False):
+            for f in by_source[source]:
+                (sub / "train" / class_dir.name / f.name).symlink_to(f.resolve())
+    (sub / "test").symlink_to((folder / "test").resolve())
+    (sub / "answers.csv").symlink_to((folder / "answers.csv").resolve())
+    return sub
+
+
+def learning_curve(folder, seconds, ks, draws, regex, scratch: Path):
+    """Ours trained on k sources per class, one row per (k, draw): draw d also trains with --seed d."""
+    for k in ks:
+        for draw in range(draws):
+            subset = source_subset(folder, k, draw, regex, scratch / "subsets")
+            row = run_one("ours", f"{k} sources per class, draw {draw}", ["--seed", str(draw)], subset, seconds, scratch)
+            yield {**row, "data": folder.name, "sources": k, "draw": draw}
+
+
 def merge(path: Path, rows: list[dict]) -> None:
     key = lambda r: (r["data"], r["model"], r["variant"])  # noqa: E731
     old = json.loads(path.read_text())["rows"] if path.exists() else []
     new_keys = {key(r) for r in rows}
     path.write_text(json.dumps({"machine": machine(), "rows": [r for r in old if key(r) not in new_keys] + rows},
                                indent=1))
+
+
+def print_row(row: dict) -> None:
+    val = f"{row['val_accuracy']:.3f}" if row.get("val_accuracy") is not None else "-"
+    print(f"{row['data']:12}{row['model']:11}{row['variant']:28}{row['accuracy']:9.3f}{row['macro_f1']:9.3f}{val:>8}"
+          f"{row['seconds']:9.0f}", flush=True)
 
 
 def main(argv=None):
@@ -108,14 +161,14 @@ def main(argv=None):
         name, _, flags = spec.partition("=")
         runs.append(("ours", name, shlex.split(flags)))
     rows = []
-    print(f"{'data':12}{'model':11}{'variant':24}{'accuracy':>9}{'macro F1':>9}{'val acc':>8}{'seconds':>9}")
+    print(f"{'data':12}{'model':11}{'variant':28}{'accuracy':>9}{'macro F1':>9}{'val acc':>8}{'seconds':>9}")
     for folder, seconds in data_sets(args.data):
         for model, variant, flags in runs:
-            row = run_one(model, variant, flags, folder, seconds, Path(args.out))
+            rows.append(run_one(model, variant, flags, folder, seconds, Path(args.out)))
+            print_row(rows[-1])
+        for row in learning_curve(folder, seconds, args.sources, args.draws, args.source_regex, Path(args.out)):
             rows.append(row)
-            val = f"{row['val_accuracy']:.3f}" if row.get("val_accuracy") is not None else "-"
-            print(f"{row['data']:12}{model:11}{variant:24}{row['accuracy']:9.3f}{row['macro_f1']:9.3f}{val:>8}"
-                  f"{row['seconds']:9.0f}", flush=True)
+            print_row(row)
     merge(Path(args.json), rows)
     print(f"rows merged into {args.json}")
 

@@ -99,6 +99,8 @@ def accuracy_section(results_dir: Path) -> list[str]:
                 val = f"{r['val_accuracy']:.3f}" if r.get("val_accuracy") is not None else "-"
                 lines.append(f"| {data} ({r['test_clips']} test clips) | {MODEL_NAMES[r['model']]} | "
                              f"{r['accuracy']:.3f} | {r['macro_f1']:.3f} | {val} | {r['seconds']:.0f} |")
+    curve = [r for r in rows if "sources" in r]
+    rows = [r for r in rows if "sources" not in r]
     variants = [r for r in rows if r["variant"] != "default"]
     if variants:
         names = list(dict.fromkeys(r["variant"] for r in variants))
@@ -122,7 +124,32 @@ def accuracy_section(results_dir: Path) -> list[str]:
                            f"{r['seconds']:.0f}"] if r else ["-", "-", "-"])
             lines.append(f"| {name} | `{flags}` | {commit} | " + " | ".join(cells) + " |")
         lines += seed_summary(rows, data_sets)
+    lines += learning_curve_table(curve, rows, data_sets)
     return lines + [""]
+
+
+def learning_curve_table(curve: list[dict], rows: list[dict], data_sets: list[str]) -> list[str]:
+    """Mean test accuracy of ours trained on k sources per class (over draws), beside all sources (over seeds)."""
+    if not curve:
+        return []
+    lines = ["", "### Learning curve over sources", "",
+             "Ours (today's defaults) trained on only k of the sources (kits, instruments) of every class,",
+             "drawn at random; each draw also trains with another seed (`bench/bench_accuracy.py DATA@SECONDS",
+             "--models --sources K ...`). Mean test accuracy over the draws (their number in brackets); the last",
+             "row is every source, today's defaults over their seeds. How steeply accuracy still rises at the",
+             "last step says how much more sources would help.", "",
+             "| sources per class | " + " | ".join(data_sets) + " |", "|---|" + "---:|" * len(data_sets)]
+
+    def cell(accuracies):
+        return f"{np.mean(accuracies):.3f} ({len(accuracies)})" if accuracies else "-"
+    for k in sorted({r["sources"] for r in curve}):
+        lines.append(f"| {k} | " + " | ".join(
+            cell([r["accuracy"] for r in curve if r["sources"] == k and r["data"] == d]) for d in data_sets) + " |")
+    defaults = [r for r in rows if r["model"] == "ours"
+                and (r["variant"] == "default" or r["variant"].startswith("defaults, seed "))]
+    lines.append("| all | " + " | ".join(cell([r["accuracy"] for r in defaults if r["data"] == d]) for d in data_sets)
+                 + " |")
+    return lines
 
 
 def seed_summary(rows: list[dict], data_sets: list[str]) -> list[str]:

@@ -4,8 +4,11 @@ The figures themselves are `make bench`'s job (timings do not belong in tests);
 these only keep the scripts from rotting and check what cannot be noise.
 """
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -55,3 +58,45 @@ def test_results_page_summarises_configurations_run_with_three_seeds_or_more():
     table = [line for line in lines if line.startswith("| ") and not line.startswith("| configuration")]
     assert table == ["| defaults | 3 | 0.800 | 0.100 |"]
     assert seed_summary(rows[3:], ["drums"]) == []
+
+
+def test_source_subset_keeps_every_clip_of_k_sources_per_class(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_accuracy import source_subset, sources_of
+
+    data = tmp_path / "set"
+    for cls in ["kick", "snare"]:
+        (data / "train" / cls).mkdir(parents=True)
+        for source in ["kitA", "kitB", "kitC"]:
+            for note in [1, 2]:
+                (data / "train" / cls / f"{source}__{cls}{note}.wav").write_bytes(b"RIFF")
+    (data / "test").mkdir()
+    (data / "answers.csv").write_text("ID,Class\n")
+    pattern = re.compile("^(.+?)__")
+    drawn = set()
+    for draw in range(6):
+        sub = source_subset(data, 2, draw, "^(.+?)__", tmp_path / "subsets")
+        for cls in ["kick", "snare"]:
+            kept = sources_of(sub / "train" / cls, pattern)
+            assert len(kept) == 2 and all(len(files) == 2 for files in kept.values())
+            assert all(f.resolve().parent == data / "train" / cls for files in kept.values() for f in files)
+            drawn.add((cls, tuple(sorted(kept))))
+        assert (sub / "test").resolve() == data / "test" and (sub / "answers.csv").read_text() == "ID,Class\n"
+    assert len(drawn) > 2  # the draws differ
+    with pytest.raises(SystemExit, match="fewer than 4"):
+        source_subset(data, 4, 0, "^(.+?)__", tmp_path / "subsets")
+
+
+def test_results_page_learning_curve_averages_draws_beside_all_sources():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results_page import learning_curve_table
+
+    def row(variant, accuracy, sources=None, data="drums"):
+        return {"model": "ours", "variant": variant, "data": data, "accuracy": accuracy,
+                **({"sources": sources} if sources else {})}
+    curve = [row("1 sources per class, draw 0", 0.4, 1), row("1 sources per class, draw 1", 0.6, 1),
+             row("2 sources per class, draw 0", 0.7, 2), row("1 sources per class, draw 0", 0.9, 1, data="notes")]
+    rows = [row("default", 0.8), row("defaults, seed 1", 0.9), row("wide", 0.1)]  # "wide" is not the defaults
+    table = [line for line in learning_curve_table(curve, rows, ["drums", "notes"]) if line.startswith("| ")]
+    assert table[1:] == ["| 1 | 0.500 (2) | 0.900 (1) |", "| 2 | 0.700 (1) | - |", "| all | 0.850 (2) | - |"]
+    assert learning_curve_table([], rows, ["drums"]) == []
