@@ -45,6 +45,10 @@ from spec_augment import AUGMENTATIONS, SpecAugmenter, mixup  # noqa: E402
 SUBMISSION = "submission_cnn_v2.csv"
 # All but pitch shift: see docs/RESULTS.md's ablation table.
 DEFAULT_AUGMENTATIONS = [a for a in AUGMENTATIONS if a != "pitch"]
+# Early stopping and learning-rate plateaus count epochs. On a few dozen clips an epoch
+# was one or two steps, and both fired before the model had learned anything: trained
+# on one kit (57 clips), it gave every test clip the same class (docs/RESULTS.md).
+MIN_STEPS_PER_EPOCH = 8
 
 
 # ----------------------------------------------------------------------------
@@ -95,7 +99,8 @@ def parse_args(argv=None):
     g.add_argument("--top-db", type=float, default=80.0,
                    help="with --level clip: levels more than this far below a clip's peak are floored (0: none)")
     g.add_argument("--epoch-clips", type=int, default=0,
-                   help="augmented clips drawn per epoch, at least one pass over the training clips")
+                   help="augmented clips drawn per epoch, at least one pass over the training clips "
+                   f"(and {MIN_STEPS_PER_EPOCH} batches)")
     g.add_argument("--augment", type=float, default=0.5,
                    help="augmentation strength: 0 off, 1 the full ranges (pitch +-2 semitones, speed +-15%%, ...)")
     g.add_argument("--augmentations", nargs="*", choices=AUGMENTATIONS, default=DEFAULT_AUGMENTATIONS,
@@ -191,6 +196,11 @@ def ensemble(models) -> keras.Model:
     inputs = keras.Input(models[0].input_shape[1:], name="log_mel_db")
     outputs = layers.Average(name="class_probs")([m(inputs) for m in models])
     return keras.Model(inputs, outputs, name="cnn_ensemble")
+
+
+def steps_per_epoch(n_train: int, epoch_clips: int, batch: int) -> int:
+    """One pass over the training clips, or epoch_clips if more, and never under MIN_STEPS_PER_EPOCH."""
+    return max(MIN_STEPS_PER_EPOCH, math.ceil(max(n_train, epoch_clips) / batch))
 
 
 def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0, seed=0):
@@ -357,7 +367,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     print(f"training on {len(train_idx)} clips, validating on {len(val_idx)}; "
           f"{model.count_params():,} parameters; up to {args.epochs} epochs"
           + (f"; {replicas} replicas ({type(strategy).__name__}), {batch} clips a step" if replicas > 1 else ""))
-    steps = math.ceil(max(len(train_idx), args.epoch_clips) / batch)
+    steps = steps_per_epoch(len(train_idx), args.epoch_clips, batch)
     model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
               validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)

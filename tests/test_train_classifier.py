@@ -300,3 +300,10 @@ def test_test_time_augmentation_averages_the_clip_and_its_augmented_copies(data,
     assert run(data, trained / "tta", "--model", str(trained / "classifier.keras"), "--tta", "3") == 0
     assert len(pd.read_csv(trained / "tta" / "submission_cnn_v2.csv")) == 14
 
+
+
+def test_an_epoch_is_one_pass_but_never_fewer_than_the_minimum_of_steps():
+    assert tc.steps_per_epoch(460, 0, 32) == 15  # the drums dev set: one pass, as before
+    assert tc.steps_per_epoch(460, 960, 32) == 30  # --epoch-clips asks for more
+    assert tc.steps_per_epoch(57, 0, 32) == tc.MIN_STEPS_PER_EPOCH  # one kit: 2 steps would stop before learning
+    assert tc.steps_per_epoch(38, 0, 8) == tc.MIN_STEPS_PER_EPOCH
