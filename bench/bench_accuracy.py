@@ -114,16 +114,17 @@ def sources_of(class_dir: Path, pattern) -> dict[str, list[Path]]:
 
 
 def source_subset(folder: Path, k: int, draw: int, regex: str, scratch: Path) -> Path:
-    """A data set like `folder` (links, no copies) whose train/ keeps k randomly drawn sources of each class."""
+    """A data set like `folder` (links, no copies) whose train/ keeps k randomly drawn sources of each class
+    (all of a class's sources when it has no more than k)."""
     rng = np.random.default_rng(draw)
     sub = scratch / f"{folder.name}-{k}-sources-draw-{draw}"
     shutil.rmtree(sub, ignore_errors=True)
     for class_dir in sorted(d for d in (folder / "train").iterdir() if d.is_dir()):
         by_source = sources_of(class_dir, re.compile(regex))
-        if len(by_source) < k:
-            sys.exit(f"error: {class_dir} has {len(by_source)} sources matching {regex!r}, fewer than {k}")
+        if not by_source:
+            sys.exit(f"error: no file name in {class_dir} names its source by {regex!r}")
         (sub / "train" / class_dir.name).mkdir(parents=True)
-        for source in rng.choice(sorted(by_source), k, replace=False):
+        for source in rng.choice(sorted(by_source), min(k, len(by_source)), replace=False):
             for f in by_source[source]:
                 (sub / "train" / class_dir.name / f.name).symlink_to(f.resolve())
     (sub / "test").symlink_to((folder / "test").resolve())

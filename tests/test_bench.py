@@ -83,8 +83,12 @@ def test_source_subset_keeps_every_clip_of_k_sources_per_class(tmp_path):
             drawn.add((cls, tuple(sorted(kept))))
         assert (sub / "test").resolve() == data / "test" and (sub / "answers.csv").read_text() == "ID,Class\n"
     assert len(drawn) > 2  # the draws differ
-    with pytest.raises(SystemExit, match="fewer than 4"):
-        source_subset(data, 4, 0, "^(.+?)__", tmp_path / "subsets")
+    sub = source_subset(data, 4, 0, "^(.+?)__", tmp_path / "subsets")  # more than a class has: all of them
+    assert len(sources_of(sub / "train" / "kick", pattern)) == 3
+    for f in (data / "train" / "snare").iterdir():
+        f.rename(f.with_name(f.name.replace("__", "-")))
+    with pytest.raises(SystemExit, match="no file name in"):
+        source_subset(data, 2, 0, "^(.+?)__", tmp_path / "subsets")
 
 
 def test_results_page_learning_curve_averages_draws_beside_all_sources():
