@@ -134,7 +134,8 @@ def learning_curve_table(curve: list[dict], rows: list[dict], data_sets: list[st
         return []
     lines = ["", "### Learning curve over sources", "",
              "Ours (today's defaults) trained on only k of the sources (kits, instruments) of every class,",
-             "drawn at random; each draw also trains with another seed (`bench/bench_accuracy.py DATA@SECONDS",
+             "drawn at random (a class with no more than k keeps all of its own); each draw also trains with",
+             "another seed (`bench/bench_accuracy.py DATA@SECONDS",
              "--models --sources K ...`). Mean test accuracy over the draws (their number in brackets); the last",
              "row is every source, today's defaults over their seeds. How steeply accuracy still rises at the",
              "last step says how much more sources would help.", "",
