@@ -47,7 +47,7 @@ SUBMISSION = "submission_cnn_v2.csv"
 DEFAULT_AUGMENTATIONS = [a for a in AUGMENTATIONS if a != "pitch"]
 # Early stopping and learning-rate plateaus count epochs. On a few dozen clips an epoch
 # was one or two steps, and both fired before the model had learned anything: trained
-# on one kit (57 clips), it gave every test clip the same class (docs/RESULTS.md).
+# on one drum kit (57 clips), it gave every test clip the same class.
 MIN_STEPS_PER_EPOCH = 8
 
 

@@ -105,6 +105,7 @@ def run_one(model, variant, flags, folder, seconds, scratch: Path) -> dict:
 
 
 def sources_of(class_dir: Path, pattern) -> dict[str, list[Path]]:
+    """The class's clips by source: group 1 of `pattern` in each file name (files it does not match are left out)."""
     by_source: dict[str, list[Path]] = {}
     for f in sorted(class_dir.iterdir()):
         m = pattern.search(f.name)
@@ -117,10 +118,11 @@ def source_subset(folder: Path, k: int, draw: int, regex: str, scratch: Path) ->
     """A data set like `folder` (links, no copies) whose train/ keeps k randomly drawn sources of each class
     (all of a class's sources when it has no more than k)."""
     rng = np.random.default_rng(draw)
+    pattern = re.compile(regex)
     sub = scratch / f"{folder.name}-{k}-sources-draw-{draw}"
     shutil.rmtree(sub, ignore_errors=True)
     for class_dir in sorted(d for d in (folder / "train").iterdir() if d.is_dir()):
-        by_source = sources_of(class_dir, re.compile(regex))
+        by_source = sources_of(class_dir, pattern)
         if not by_source:
             sys.exit(f"error: no file name in {class_dir} names its source by {regex!r}")
         (sub / "train" / class_dir.name).mkdir(parents=True)
