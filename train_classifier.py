@@ -357,7 +357,8 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     # epoch's row (deduplicated later) instead of losing it.
     callbacks = [
         keras.callbacks.CSVLogger(str(state / "history.csv"), append=True),
-        keras.callbacks.BackupAndRestore(str(state / "backup")),
+        # Two backups: a run killed (not Ctrl-C'd) while one is written resumes from the other.
+        keras.callbacks.BackupAndRestore(str(state / "backup"), double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(state / "best.keras"), monitor=monitor, save_best_only=True),
         keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(2, args.patience // 3), min_lr=1e-5),

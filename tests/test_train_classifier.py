@@ -144,7 +144,7 @@ def test_split_is_stratified_disjoint_and_keeps_recordings_together(tmp_path):
     assert not recording(train) & recording(val) and len(val) > 0
 
 
-def test_interrupted_run_resumes(data, tmp_path):
+def test_interrupted_run_resumes_even_from_a_torn_backup(data, tmp_path):
     import signal
     import time
     out = tmp_path / "out"
@@ -160,6 +160,9 @@ def test_interrupted_run_resumes(data, tmp_path):
     assert proc.returncode == 130 and "resume" in err and "Traceback" not in err, err[-3000:]
     done_before = len(pd.read_csv(out / "train_state" / "history.csv"))
     assert 0 < done_before < 40, done_before
+    # As if the run had been killed while writing its last backup: the one before it is used.
+    latest = out / "train_state" / "backup" / "latest.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:1000])
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming the interrupted run" in res.stdout
