@@ -92,9 +92,6 @@ def parse_args(argv=None):
                    "and predict with their average")
     g.add_argument("--width", type=int, default=16,
                    help="filters of the first conv block (doubles per block); 16 gives 0.4M parameters, 32 gives 1.4M")
-    g.add_argument("--pooling", choices=["time", "time-max", "time-and-frequency"], default="time",
-                   help="head: mean and max over time (frequency positions kept), max over time only, "
-                        "or mean and max over time and frequency")
     g.add_argument("--dropout", type=float, default=0.1,
                    help="dropout of the last conv block and the head (earlier blocks get less)")
     g.add_argument("--level", choices=["clip", "dataset"], default="clip",
@@ -340,7 +337,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     batch = args.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
         model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout,
-                          level=args.level, top_db=args.top_db, pooling=args.pooling, name=name)
+                          level=args.level, top_db=args.top_db, name=name)
         model.compile(optimizer=keras.optimizers.Adam(args.lr), loss="categorical_crossentropy", metrics=["accuracy"])
 
     augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations)
