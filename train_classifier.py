@@ -291,7 +291,8 @@ class FinishEpochOnInterrupt(keras.callbacks.Callback):
     """First Ctrl-C: finish the epoch in progress and its backup, then stop; a second stops at once.
 
     An interrupt landing while BackupAndRestore writes its file would tear the
-    backup, and the run could no longer be resumed. Must come after BackupAndRestore.
+    backup, and the resumed run would repeat an epoch from the one before. Must
+    come after BackupAndRestore.
     """
 
     def on_train_begin(self, logs=None):
