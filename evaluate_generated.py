@@ -150,8 +150,9 @@ def run(args):
         r_probs, r_emb, r_y, r_paths = embed(model, meta, args.real_dir, args, "real")
         held_out = np.array([str(p.resolve()) in set(meta.get("validation_files", [])) for p in r_paths])
         if held_out.sum() < 2 or held_out.all():
-            ad.warn("no held-out (validation) clips of this classifier under --real-dir: "
-                    "the real reference uses clips it trained on, and flatters the real side")
+            ad.warn("no held-out (validation) clips of this classifier under --real-dir: the real reference "
+                    "uses clips it trained on, and flatters the real side (train_classifier.py --val-split 0.2 "
+                    "--ensemble 1 holds some out)")
             held_out = np.ones(len(r_y), bool)
             reference = r_emb
         else:

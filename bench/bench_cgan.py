@@ -29,7 +29,9 @@ from run import commit, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 README_FLAGS = ["--epochs", "60", "--duration", "1.0", "--n-mels", "64", "--samples-per-class", "20", "--seed", "0"]
-JUDGE_FLAGS = ["--duration", "1.0", "--n-mels", "64", "--epochs", "30", "--seed", "0", "--train-only"]
+# One model, and clips it never trains on: the real reference line beside the generated clips.
+JUDGE_FLAGS = ["--duration", "1.0", "--n-mels", "64", "--epochs", "30", "--seed", "0", "--train-only",
+               "--val-split", "0.2", "--ensemble", "1"]
 
 
 def parse_args(argv=None):

@@ -19,7 +19,7 @@ import audio_data as ad
 BATCH = 32
 SETTINGS = {  # name -> (feature settings, steps per timed epoch)
     "classifier": {"demo": (dict(sr=16000, duration=1.5, n_mels=64, n_fft=1024, hop_length=256), 6),
-                   "default": (dict(), 3)},
+                   "default": (dict(hop_length=1024), 3)},  # train_classifier.py's defaults
     "cgan": {"demo": (dict(sr=16000, duration=1.0, n_mels=64, n_fft=1024, hop_length=256), 8),
              "default": (dict(sr=22050, duration=2.0, n_mels=128, n_fft=1024, hop_length=256), 3)},
 }

@@ -122,7 +122,7 @@ def test_classifier_trains_on_two_devices_with_mirrored_strategy(tmp_path):
     res = subprocess.run([sys.executable, str(script), "--train-dir", str(data), "--test-dir", str(data / "low"),
                           "--out", str(out), "--sr", "8000", "--duration", "0.5", "--n-mels", "16", "--n-fft", "256",
                           "--hop-length", "128", "--width", "8", "--batch-size", "4", "--workers", "1",
-                          "--epochs", "25", "--seed", "1"],
+                          "--epochs", "25", "--seed", "1", "--val-split", "0.2", "--ensemble", "1"],
                          capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "2 replicas (MirroredStrategy), 8 clips a step" in res.stdout

@@ -10,7 +10,7 @@ import train_classifier as tc
 from conftest import make_tone_dataset, tone
 
 TINY = ["--sr", "8000", "--duration", "0.5", "--n-mels", "16", "--n-fft", "256", "--hop-length", "128",
-        "--width", "8", "--batch-size", "8", "--workers", "1", "--dropout", "0.1", "--mixup", "0"]
+        "--width", "8", "--batch-size", "8", "--workers", "1", "--dropout", "0.1", "--mixup", "0", "--ensemble", "1"]
 FREQS = {"high": 1800.0, "low": 200.0, "mid": 600.0}  # make_tone_dataset's bands for these classes
 
 
@@ -35,7 +35,7 @@ def classifier(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     make_tone_dataset(root / "train", classes=("low", "mid", "high"), per_class=16)
     assert tc.main(["--train-dir", str(root / "train"), "--out", str(root / "out"), "--train-only",
-                    "--epochs", "30", "--seed", "1", *TINY]) == 0
+                    "--epochs", "30", "--seed", "1", "--val-split", "0.25", *TINY]) == 0
     return root
 
 

@@ -11,9 +11,10 @@ import train_classifier as tc
 from conftest import ROOT, make_tone_dataset, tone
 
 TINY = ["--sr", "8000", "--duration", "0.5", "--n-mels", "16", "--n-fft", "256", "--hop-length", "128",
-        "--width", "8", "--batch-size", "8", "--workers", "1"]
+        "--width", "8", "--batch-size", "8", "--workers", "1", "--ensemble", "1"]
 CLASSES = ("low", "mid", "high")
 FREQS = {"low": 200.0, "mid": 600.0, "high": 1800.0}
+VALIDATED = ["--val-split", "0.25"]  # the default trains on every clip, with no validation to report
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def run(data, out, *extra):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    assert run(data, out, "--epochs", "30", "--seed", "1") == 0
+    assert run(data, out, "--epochs", "30", "--seed", "1", *VALIDATED) == 0
     return out
 
 
@@ -82,7 +83,7 @@ def test_saved_model_predicts_the_same_submission(data, trained, tmp_path):
 
 
 def test_same_seed_same_submission(data, trained, tmp_path):
-    assert run(data, tmp_path, "--epochs", "30", "--seed", "1") == 0
+    assert run(data, tmp_path, "--epochs", "30", "--seed", "1", *VALIDATED) == 0
     assert (tmp_path / "submission_cnn_v2.csv").read_text() == (trained / "submission_cnn_v2.csv").read_text()
 
 
@@ -97,6 +98,23 @@ def test_drop_extension_and_train_only(data, trained, tmp_path):
 def run_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "train_classifier.py"), *TINY, *args],
                           capture_output=True, text=True, timeout=300)
+
+
+def test_by_default_two_models_train_on_every_clip_and_no_validation_is_claimed(data, tmp_path, capsys):
+    import json
+    tiny_default_ensemble = TINY[:TINY.index("--ensemble")]
+    assert tc.main(["--train-dir", str(data / "train"), "--test-dir", str(data / "test"), "--out", str(tmp_path),
+                    *tiny_default_ensemble, "--epochs", "2", "--group-regex", "^(.+?)_"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("training on 48 clips, validating on 0") == 2
+    assert "model 2 of 2" in captured.out
+    assert "no validation: every clip trained the model" in captured.out
+    assert "--group-regex shapes the validation split, and there is none" in captured.err
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    assert meta["validation_files"] == [] and "val_accuracy" not in meta
+    assert pd.read_csv(tmp_path / "history.csv").filter(like="val_").isna().all().all()
+    assert not (tmp_path / "confusion_matrix.png").exists()
+    assert len(pd.read_csv(tmp_path / "submission_cnn_v2.csv")) == 14
 
 
 def test_missing_test_folder_is_an_error_after_the_model_is_saved(data, tmp_path):
@@ -224,8 +242,9 @@ def test_ensemble_members_each_get_their_own_random_split():
     from pathlib import Path
     y = np.repeat([0, 1, 2], 20)
     paths = [Path(f"{i}.wav") for i in range(60)]
-    single = tc.validation_splits(y, paths, tc.parse_args(["--seed", "3"]), None)
-    members = tc.validation_splits(y, paths, tc.parse_args(["--seed", "3", "--ensemble", "3"]), None)
+    single = tc.validation_splits(y, paths, tc.parse_args(["--seed", "3", "--val-split", "0.2", "--ensemble", "1"]), None)
+    members = tc.validation_splits(y, paths, tc.parse_args(["--seed", "3", "--val-split", "0.2", "--ensemble", "3"]),
+                                   None)
     assert len(single) == 1 and len(members) == 3
     np.testing.assert_array_equal(members[0][1], single[0][1])  # member 0 is the model --ensemble 1 trains
     for train, val in members:
@@ -240,7 +259,7 @@ def test_an_ensemble_trains_members_from_different_seeds_and_predicts_with_their
     import json
 
     import keras
-    assert run(data, tmp_path, "--epochs", "3", "--ensemble", "2") == 0
+    assert run(data, tmp_path, "--epochs", "3", "--ensemble", "2", *VALIDATED) == 0
     out = capsys.readouterr().out
     assert "model 1 of 2" in out and "model 2 of 2" in out and "each clip by a member that did not train on it" in out
     meta = json.loads((tmp_path / "classifier.json").read_text())
