@@ -1,4 +1,4 @@
-"""Train a CNN on log-mel spectrograms of labelled clips, then predict a folder of test clips.
+"""Train CNNs on log-mel spectrograms of labelled clips, then predict a folder of test clips.
 
     python train_classifier.py --train-dir data/train --test-dir data/test
 
@@ -6,7 +6,9 @@ Training clips live in one folder per class (data/train/<class>/*.wav); test cli
 in one folder (data/test/*.wav). Writes, to --out: submission_cnn_v2.csv (ID,Class,
 one row for every test file), classifier.keras with classifier.json (classes and
 feature settings: what --model needs to predict again), history.csv,
-training_curves.png, confusion_matrix.png and classification_report.txt.
+training_curves.png and, with a validation split, confusion_matrix.png and
+classification_report.txt. By default two models train on every clip and predict
+together (--ensemble, --val-split).
 
 A killed run resumes where it stopped when the same command is run again.
 """
@@ -83,7 +85,8 @@ def parse_args(argv=None):
     g.add_argument("--epochs", type=int, default=60, help="most epochs; early stopping usually ends sooner")
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (halved on plateaus)")
-    g.add_argument("--patience", type=int, default=10, help="epochs without validation improvement before stopping")
+    g.add_argument("--patience", type=int, default=10, help="epochs without improvement of the validation loss "
+                   "(the training loss without validation) before stopping")
     g.add_argument("--val-split", type=float, default=0.0,
                    help="fraction held out for validation (stratified), e.g. 0.2; 0: every clip trains the model "
                    "(--folds K still gives an out-of-fold score)")
@@ -582,8 +585,8 @@ def run(args):
         print(f"validation{held_out if len(models) > 1 else ''}: accuracy {scores['val_accuracy']:.3f}, "
               f"macro F1 {scores['val_macro_f1']:.3f} on {len(val_idx)} clips")
     else:
-        print("no validation: every clip trained the model (--val-split 0.2, with --group-regex to hold out "
-              "whole sources, or --folds K give a score)")
+        print(f"no validation: every clip trained the model{'s' if len(models) > 1 else ''} (--val-split 0.2, "
+              "with --group-regex to hold out whole sources, or --folds K give a score)")
     if not args.train_only:
         path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)
         print(f"wrote {path}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
