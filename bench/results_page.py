@@ -87,8 +87,9 @@ def accuracy_section(results_dir: Path) -> list[str]:
              "(`bench/seed_reference.py`) is written from the seed author's description: `librosa.load`, a",
              "pitch-shifted and a speed-changed copy of every clip, a random split, three Conv-BN-MaxPool blocks,",
              "Flatten, Dense 256, Dropout 0.5. Validation accuracy is the model's own report on its held-out",
-             "training clips, where it holds some out (today's defaults do not). Every figure is one run: with 200 (instruments) and 636 (drums) test clips,",
-             "differences of about 3 points are within the noise of a single run.",
+             "training clips, where it holds some out (today's defaults do not). Every figure is one run: with",
+             "200 (instruments) and 636 (drums) test clips, differences of about 3 points are within the noise",
+             "of a single run.",
              f"Measured at commit {', '.join(sorted({r['commit'] for r in rows}))} on "
              f"{machine_line(json.loads(path.read_text()).get('machine'))}.",
              "", "| data set | model | accuracy | macro F1 | validation accuracy | wall time (s) |",

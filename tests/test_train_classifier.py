@@ -242,9 +242,9 @@ def test_ensemble_members_each_get_their_own_random_split():
     from pathlib import Path
     y = np.repeat([0, 1, 2], 20)
     paths = [Path(f"{i}.wav") for i in range(60)]
-    single = tc.validation_splits(y, paths, tc.parse_args(["--seed", "3", "--val-split", "0.2", "--ensemble", "1"]), None)
-    members = tc.validation_splits(y, paths, tc.parse_args(["--seed", "3", "--val-split", "0.2", "--ensemble", "3"]),
-                                   None)
+    split = ["--seed", "3", "--val-split", "0.2"]
+    single = tc.validation_splits(y, paths, tc.parse_args([*split, "--ensemble", "1"]), None)
+    members = tc.validation_splits(y, paths, tc.parse_args([*split, "--ensemble", "3"]), None)
     assert len(single) == 1 and len(members) == 3
     np.testing.assert_array_equal(members[0][1], single[0][1])  # member 0 is the model --ensemble 1 trains
     for train, val in members:
@@ -277,6 +277,7 @@ def test_an_ensemble_trains_members_from_different_seeds_and_predicts_with_their
 
 
 def test_folds_and_ensemble_together_are_a_one_line_error(data, tmp_path, capsys):
+    assert tc.parse_args([]).ensemble == 2 and tc.parse_args(["--folds", "2"]).ensemble == 1  # defaults never clash
     assert run(data, tmp_path, "--epochs", "1", "--folds", "2", "--ensemble", "2") == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --folds and --ensemble both train several models: choose one")
