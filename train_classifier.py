@@ -84,9 +84,12 @@ def parse_args(argv=None):
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=60, help="most epochs; early stopping usually ends sooner")
     g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (halved on plateaus)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (see --schedule)")
+    g.add_argument("--schedule", choices=["cosine", "plateau"], default="cosine",
+                   help="cosine: one epoch of warm-up to --lr, then cosine decay to 0 at the last epoch; "
+                   "plateau: --lr, halved whenever the validation loss (the training loss without validation) stalls")
     g.add_argument("--patience", type=int, default=10, help="epochs without improvement of the validation loss "
-                   "(the training loss without validation) before stopping")
+                   "before stopping (with --schedule plateau and no validation: of the training loss)")
     g.add_argument("--val-split", type=float, default=0.0,
                    help="fraction held out for validation (stratified), e.g. 0.2; 0: every clip trains the model "
                    "(--folds K still gives an out-of-fold score)")
@@ -213,6 +216,20 @@ def ensemble(models) -> keras.Model:
 def steps_per_epoch(n_train: int, epoch_clips: int, batch: int) -> int:
     """One pass over the training clips, or epoch_clips if more, and never under MIN_STEPS_PER_EPOCH."""
     return max(MIN_STEPS_PER_EPOCH, math.ceil(max(n_train, epoch_clips) / batch))
+
+
+def learning_rate(args, steps: int):
+    """--lr, or under --schedule cosine a warm-up and cosine decay over all --epochs of `steps` steps.
+
+    With nothing held out, a plateau schedule can only watch the augmented training
+    loss; on instrument notes that kept falling slowly enough that the rate was
+    seldom halved, and training ended at its full rate. A schedule fixed in advance
+    ends every run at a rate near 0, whatever the data.
+    """
+    if args.schedule == "plateau":
+        return args.lr
+    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, (args.epochs - 1) * steps),
+                                                 warmup_target=args.lr, warmup_steps=steps)
 
 
 def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0, seed=0):
@@ -348,10 +365,12 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     # --batch-size clips per replica: with several GPUs each step sees that many times more clips
     # (fewer steps per epoch) at the same learning rate.
     batch = args.batch_size * strategy.num_replicas_in_sync
+    steps = steps_per_epoch(len(train_idx), args.epoch_clips, batch)
     with strategy.scope():
         model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout,
                           level=args.level, top_db=args.top_db, name=name)
-        model.compile(optimizer=keras.optimizers.Adam(args.lr), loss="categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate(args, steps)), loss="categorical_crossentropy",
+                      metrics=["accuracy"])
 
     augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations)
     train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], batch, augmenter, args.mixup, seed)
@@ -373,15 +392,18 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
         # Two backups: a run killed (not Ctrl-C'd) while one is written resumes from the other.
         keras.callbacks.BackupAndRestore(str(state / "backup"), double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(str(state / "best.keras"), monitor=monitor, save_best_only=True),
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience, restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5, patience=max(2, args.patience // 3), min_lr=1e-5),
-        FinishEpochOnInterrupt(),
     ]
+    # Under the cosine schedule the training loss falls to the end by design: only validation stops early.
+    if has_val or args.schedule == "plateau":
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience, restore_best_weights=True))
+    if args.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
+                                                           patience=max(2, args.patience // 3), min_lr=1e-5))
+    callbacks.append(FinishEpochOnInterrupt())
     replicas = strategy.num_replicas_in_sync
     print(f"training on {len(train_idx)} clips, validating on {len(val_idx)}; "
           f"{model.count_params():,} parameters; up to {args.epochs} epochs"
           + (f"; {replicas} replicas ({type(strategy).__name__}), {batch} clips a step" if replicas > 1 else ""))
-    steps = steps_per_epoch(len(train_idx), args.epoch_clips, batch)
     model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
               validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)
