@@ -109,7 +109,6 @@ def test_by_default_two_models_train_on_every_clip_and_no_validation_is_claimed(
     assert captured.out.count("training on 48 clips, validating on 0") == 2
     assert "model 2 of 2" in captured.out
     assert "no validation: every clip trained the models (" in captured.out
-    assert "learning_rate" not in captured.out  # the cosine schedule, not ReduceLROnPlateau
     assert "--group-regex shapes the validation split, and there is none" in captured.err
     meta = json.loads((tmp_path / "classifier.json").read_text())
     assert meta["validation_files"] == [] and "val_accuracy" not in meta
@@ -225,12 +224,12 @@ def test_folds_train_an_ensemble_with_an_out_of_fold_report(data, tmp_path, caps
     import json
 
     import keras
-    assert run(data, tmp_path, "--epochs", "3", "--folds", "3", "--schedule", "plateau") == 0
+    assert run(data, tmp_path, "--epochs", "3", "--folds", "3", "--schedule", "cosine") == 0
     meta = json.loads((tmp_path / "classifier.json").read_text())
     assert meta["folds"] == 3 and meta["validation_files"] == []
     history = pd.read_csv(tmp_path / "history.csv")
     assert sorted(history.fold.unique()) == [0, 1, 2] and len(history) == 9
-    assert capsys.readouterr().out.count("learning_rate: 0.0010") == 9  # ReduceLROnPlateau's, every epoch
+    assert "learning_rate" not in capsys.readouterr().out  # ReduceLROnPlateau's log: not under the cosine schedule
     # Every training clip was validated once, by the member that did not train on it.
     report = (tmp_path / "classification_report.txt").read_text()
     assert f"{3 * 16}" in report.split("accuracy")[1].split("\n")[0]
@@ -334,10 +333,10 @@ def test_an_epoch_is_one_pass_but_never_fewer_than_the_minimum_of_steps():
     assert tc.steps_per_epoch(38, 0, 8) == tc.MIN_STEPS_PER_EPOCH
 
 
-def test_the_default_schedule_warms_up_for_an_epoch_then_decays_to_zero_at_the_last_step():
-    schedule = tc.learning_rate(tc.parse_args(["--epochs", "30", "--lr", "0.002"]), steps=18)
+def test_the_cosine_schedule_warms_up_for_an_epoch_then_decays_to_zero_at_the_last_step():
+    schedule = tc.learning_rate(tc.parse_args(["--schedule", "cosine", "--epochs", "30", "--lr", "0.002"]), steps=18)
     rate = lambda step: float(schedule(step))  # noqa: E731
     assert rate(0) == 0 and rate(9) == pytest.approx(1e-3) and rate(18) == pytest.approx(2e-3)
     assert rate(18) > rate(100) > rate(400) > rate(30 * 18 - 1) > 0
     assert rate(30 * 18) == pytest.approx(0, abs=1e-9)
-    assert tc.learning_rate(tc.parse_args(["--schedule", "plateau", "--lr", "0.002"]), steps=18) == 0.002
+    assert tc.learning_rate(tc.parse_args(["--lr", "0.002"]), steps=18) == 0.002  # the default: plateaus
