@@ -84,7 +84,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=60, help="most epochs; early stopping usually ends sooner")
     g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (see --schedule)")
+    g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (--schedule plateau) or peak (cosine)")
     g.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
                    help="plateau: --lr, halved whenever the validation loss (the training loss without validation) "
                    "stalls; cosine: one epoch of warm-up to --lr, then cosine decay to 0 at the last epoch "
@@ -397,7 +397,8 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     ]
     # Under the cosine schedule the training loss falls to the end by design: only validation stops early.
     if has_val or args.schedule == "plateau":
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience, restore_best_weights=True))
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience,
+                                                       restore_best_weights=True))
     if args.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
                                                            patience=max(2, args.patience // 3), min_lr=1e-5))
