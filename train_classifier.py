@@ -393,7 +393,6 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
         keras.callbacks.CSVLogger(str(state / "history.csv"), append=True),
         # Two backups: a run killed (not Ctrl-C'd) while one is written resumes from the other.
         keras.callbacks.BackupAndRestore(str(state / "backup"), double_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(str(state / "best.keras"), monitor=monitor, save_best_only=True),
     ]
     # Under the cosine schedule the training loss falls to the end by design: only validation stops early.
     if has_val or args.schedule == "plateau":
