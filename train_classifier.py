@@ -417,10 +417,12 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
 # ----------------------------------------------------------------------------
 
 def plot_history(history: pd.DataFrame, path: Path):
+    """Loss and accuracy per epoch, one pair of lines per model (history's column "model" or "fold")."""
+    member = "fold" if "fold" in history else "model"
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ["loss", "accuracy"]):
-        for fold, h in history.groupby("fold"):
-            name = f" (fold {fold})" if history["fold"].nunique() > 1 else ""
+        for k, h in history.groupby(member):
+            name = f" ({member} {k})" if history[member].nunique() > 1 else ""
             line, = ax.plot(h["epoch"] + 1, h[metric], label=f"train (augmented){name}")
             if f"val_{metric}" in h and h[f"val_{metric}"].notna().any():
                 ax.plot(h["epoch"] + 1, h[f"val_{metric}"], "--", color=line.get_color(), label=f"validation{name}")
@@ -570,6 +572,7 @@ def run(args):
     settings = {k: v for k, v in vars(args).items() if k not in ("workers", "train_only", "test_dir", "drop_extension")}
     prepare_state_dir(state, {**settings, "features": cfg.to_dict(), "n_clips": len(y)})
     models, histories, val_pred = [], [], {}
+    member = "fold" if args.folds > 1 else "model"  # what history.csv and the plot call each of several
     for k, (train_idx, val_idx) in enumerate(splits):
         fold_state = state / f"fold_{k}" if len(splits) > 1 else state
         finished = fold_state / "finished.keras"  # a resumed run skips the folds already done
@@ -577,13 +580,13 @@ def run(args):
             model = keras.models.load_model(finished, safe_mode=True)
         else:
             if len(splits) > 1:
-                print(f"{'model' if args.ensemble > 1 else 'fold'} {k + 1} of {len(splits)}")
+                print(f"{member} {k + 1} of {len(splits)}")
                 fold_state.mkdir(exist_ok=True)
             model = train(args, x, rows, y, classes, train_idx, val_idx, fold_state, name=f"cnn_{k}", seed=args.seed + k)
             if len(splits) > 1:
                 model.save(finished)
         models.append(model)
-        histories.append(pd.read_csv(fold_state / "history.csv").drop_duplicates("epoch", keep="last").assign(fold=k))
+        histories.append(pd.read_csv(fold_state / "history.csv").drop_duplicates("epoch", keep="last").assign(**{member: k + 1}))
         if len(val_idx):
             val_pred.update(zip(val_idx, predict_rows(model, x, rows[val_idx], args.batch_size).argmax(axis=1)))
     model = models[0] if len(models) == 1 else ensemble(models)
@@ -595,7 +598,7 @@ def run(args):
     val_idx = np.array(sorted(val_pred), dtype=int)
     scores = report_validation(y[val_idx], np.array([val_pred[i] for i in val_idx]), classes, out) if len(val_idx) else {}
     meta = {"classes": classes, "features": cfg.to_dict(), "train_counts": np.bincount(y).tolist(),
-            "epochs_run": int(history.groupby("fold").size().max()), "folds": len(models), **scores,
+            "epochs_run": int(history.groupby(member).size().max()), "models": len(models), **scores,
             # Clips the model never trained on: a fair reference for evaluate_generated.py (none for an
             # ensemble of folds, whose members together trained on every clip).
             "validation_files": sorted(str(paths[i].resolve()) for i in val_idx) if len(models) == 1 else []}

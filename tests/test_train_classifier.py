@@ -226,9 +226,9 @@ def test_folds_train_an_ensemble_with_an_out_of_fold_report(data, tmp_path, caps
     import keras
     assert run(data, tmp_path, "--epochs", "3", "--folds", "3", "--schedule", "cosine") == 0
     meta = json.loads((tmp_path / "classifier.json").read_text())
-    assert meta["folds"] == 3 and meta["validation_files"] == []
+    assert meta["models"] == 3 and meta["validation_files"] == []
     history = pd.read_csv(tmp_path / "history.csv")
-    assert sorted(history.fold.unique()) == [0, 1, 2] and len(history) == 9
+    assert sorted(history.fold.unique()) == [1, 2, 3] and len(history) == 9
     assert "learning_rate" not in capsys.readouterr().out  # ReduceLROnPlateau's log: not under the cosine schedule
     # Every training clip was validated once, by the member that did not train on it.
     report = (tmp_path / "classification_report.txt").read_text()
@@ -264,8 +264,8 @@ def test_an_ensemble_trains_members_from_different_seeds_and_predicts_with_their
     out = capsys.readouterr().out
     assert "model 1 of 2" in out and "model 2 of 2" in out and "each clip by a member that did not train on it" in out
     meta = json.loads((tmp_path / "classifier.json").read_text())
-    assert meta["folds"] == 2 and meta["validation_files"] == []
-    assert sorted(pd.read_csv(tmp_path / "history.csv").fold.unique()) == [0, 1]
+    assert meta["models"] == 2 and meta["validation_files"] == []
+    assert sorted(pd.read_csv(tmp_path / "history.csv").model.unique()) == [1, 2]
     model = keras.models.load_model(tmp_path / "classifier.keras", safe_mode=True)
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert [m.name for m in members] == ["cnn_0", "cnn_1"]
