@@ -15,8 +15,14 @@ README's CPU command: the rows of the results page's ablation table.
 named by `--source-regex`) of each class, drawn at random, `--draws` times per K with
 another draw and seed each time: how test accuracy grows with the number of sources
 to learn from, the results page's learning curve.
+
+`--random-split SHARE` pools each data set's train/ and labelled test/ clips and
+splits them again at random (stratified by class, SHARE of them to test): test
+clips then come from kits and instruments also heard in training, as in a
+Kaggle-style random split, instead of unseen ones. Its rows are named DATA-random-split.
 """
 import argparse
+import csv
 import datetime
 import json
 import re
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import train_test_split
 
 from run import commit, machine
 
@@ -52,6 +59,8 @@ def parse_args(argv=None):
                    help="also train ours on K sources per class only (a learning curve over sources)")
     p.add_argument("--draws", type=int, default=3, help="random draws of sources (and seeds) per K")
     p.add_argument("--source-regex", default="^(.+?)__", help="group 1 names a clip's source (kit, instrument)")
+    p.add_argument("--random-split", type=float, metavar="SHARE",
+                   help="pool train/ and test/ and split them again at random, SHARE of the clips to test")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "accuracy"), help="scratch folder")
     p.add_argument("--json", default=str(ROOT / "bench" / "accuracy.json"),
                    help="rows are merged into this file (same data set, model and variant: replaced)")
@@ -134,6 +143,31 @@ def source_subset(folder: Path, k: int, draw: int, regex: str, scratch: Path) ->
     return sub
 
 
+def random_split(folder: Path, test_share: float, scratch: Path) -> Path:
+    """A data set like `folder` (links, no copies) whose train/ and test/ clips are pooled and split again
+    at random, stratified by class: test clips then share their sources with training clips."""
+    clips = [(d.name, f) for d in sorted((folder / "train").iterdir()) if d.is_dir()
+             for f in sorted(d.iterdir()) if f.is_file()]
+    test_files = {f.stem: f for f in (folder / "test").iterdir() if f.is_file()}
+    with open(folder / "answers.csv", newline="") as fh:
+        clips += [(row["Class"], test_files[row["ID"]]) for row in csv.DictReader(fh) if row["ID"] in test_files]
+    train, test = train_test_split(clips, test_size=test_share, stratify=[c for c, _ in clips], random_state=0)
+    sub = scratch / f"{folder.name}-random-split"
+    shutil.rmtree(sub, ignore_errors=True)
+    for cls, f in train:
+        (sub / "train" / cls).mkdir(parents=True, exist_ok=True)
+        name = f.name if f.parent.parent == folder / "train" else f"test__{f.name}"  # never two files of one name
+        (sub / "train" / cls / name).symlink_to(f.resolve())
+    (sub / "test").mkdir()
+    answers = []
+    for i, (cls, f) in enumerate(test, 1):  # in train_test_split's shuffled order: IDs say nothing of the class
+        (sub / "test" / f"clip_{i:04d}{f.suffix}").symlink_to(f.resolve())
+        answers.append((f"clip_{i:04d}", cls))
+    with open(sub / "answers.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("ID", "Class"), *answers])
+    return sub
+
+
 def learning_curve(folder, seconds, ks, draws, regex, scratch: Path):
     """Ours trained on k sources per class, one row per (k, draw): draw d also trains with --seed d."""
     for k in ks:
@@ -153,7 +187,7 @@ def merge(path: Path, rows: list[dict]) -> None:
 
 def print_row(row: dict) -> None:
     val = f"{row['val_accuracy']:.3f}" if row.get("val_accuracy") is not None else "-"
-    print(f"{row['data']:12}{row['model']:11}{row['variant']:28}{row['accuracy']:9.3f}{row['macro_f1']:9.3f}{val:>8}"
+    print(f"{row['data']:25}{row['model']:11}{row['variant']:28}{row['accuracy']:9.3f}{row['macro_f1']:9.3f}{val:>8}"
           f"{row['seconds']:9.0f}", flush=True)
 
 
@@ -164,8 +198,10 @@ def main(argv=None):
         name, _, flags = spec.partition("=")
         runs.append(("ours", name, shlex.split(flags)))
     rows = []
-    print(f"{'data':12}{'model':11}{'variant':28}{'accuracy':>9}{'macro F1':>9}{'val acc':>8}{'seconds':>9}")
+    print(f"{'data':25}{'model':11}{'variant':28}{'accuracy':>9}{'macro F1':>9}{'val acc':>8}{'seconds':>9}")
     for folder, seconds in data_sets(args.data):
+        if args.random_split:
+            folder = random_split(folder, args.random_split, Path(args.out) / "subsets")
         for model, variant, flags in runs:
             rows.append(run_one(model, variant, flags, folder, seconds, Path(args.out)))
             print_row(rows[-1])

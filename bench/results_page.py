@@ -73,6 +73,9 @@ def accuracy_section(results_dir: Path) -> list[str]:
     if not path.exists():
         return []
     rows = json.loads(path.read_text())["rows"]
+    commits = ", ".join(sorted({r["commit"] for r in rows}))
+    resplit = [r for r in rows if r["data"].endswith("-random-split")]
+    rows = [r for r in rows if not r["data"].endswith("-random-split")]
     data_sets = list(dict.fromkeys(r["data"] for r in rows))
     lines = ["## Accuracy on real recordings", "",
              "`make bench-accuracy` (`bench/bench_accuracy.py`) trains each model from cold on a data set's",
@@ -90,7 +93,7 @@ def accuracy_section(results_dir: Path) -> list[str]:
              "training clips, where it holds some out (today's defaults do not). Every figure is one run: with",
              "200 (instruments) and 636 (drums) test clips, differences of about 3 points are within the noise",
              "of a single run.",
-             f"Measured at commit {', '.join(sorted({r['commit'] for r in rows}))} on "
+             f"Measured at commit {commits} on "
              f"{machine_line(json.loads(path.read_text()).get('machine'))}.",
              "", "| data set | model | accuracy | macro F1 | validation accuracy | wall time (s) |",
              "|---|---|---:|---:|---:|---:|"]
@@ -128,7 +131,26 @@ def accuracy_section(results_dir: Path) -> list[str]:
             lines.append(f"| {name} | `{flags}` | {commit} | " + " | ".join(cells) + " |")
         lines += seed_summary(rows, data_sets)
     lines += learning_curve_table(curve, rows, data_sets)
+    lines += random_split_table(resplit)
     return lines + [""]
+
+
+def random_split_table(rows: list[dict]) -> list[str]:
+    """Every model on the data sets pooled and split again at random (bench_accuracy.py --random-split)."""
+    if not rows:
+        return []
+    data_sets = list(dict.fromkeys(r["data"] for r in rows))
+    lines = ["", "### Heard sources: the same clips split at random", "",
+             "Each data set's `train/` and `test/` pooled and split again at random, a quarter of every class to",
+             "test (`bench/bench_accuracy.py DATA@SECONDS --random-split 0.25`): test clips then come from kits",
+             "and instruments also heard in training, as in a Kaggle-style random split, not from unseen ones.",
+             "", "| data set | model | variant | accuracy | macro F1 | wall time (s) |", "|---|---|---|---:|---:|---:|"]
+    for data in data_sets:
+        for r in sorted((r for r in rows if r["data"] == data),
+                        key=lambda r: (list(MODEL_NAMES).index(r["model"]), r["variant"])):
+            lines.append(f"| {data} ({r['test_clips']} test clips) | {MODEL_NAMES[r['model']]} | {r['variant']} | "
+                         f"{r['accuracy']:.3f} | {r['macro_f1']:.3f} | {r['seconds']:.0f} |")
+    return lines + seed_summary(rows, data_sets)
 
 
 def learning_curve_table(curve: list[dict], rows: list[dict], data_sets: list[str]) -> list[str]:

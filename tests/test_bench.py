@@ -91,6 +91,45 @@ def test_source_subset_keeps_every_clip_of_k_sources_per_class(tmp_path):
         source_subset(data, 2, 0, "^(.+?)__", tmp_path / "subsets")
 
 
+def test_random_split_pools_train_and_test_and_splits_them_again_by_class(tmp_path):
+    import csv
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_accuracy import random_split
+
+    data = tmp_path / "set"
+    answers = [("ID", "Class")]
+    for cls in ["kick", "snare"]:
+        (data / "train" / cls).mkdir(parents=True)
+        for note in range(6):
+            (data / "train" / cls / f"kitA__{cls}{note}.wav").write_bytes(f"train {cls} {note}".encode())
+    (data / "test").mkdir()
+    for i in range(8):  # unseen-kit test clips
+        name = "kitA__kick0" if i == 0 else f"clip_{i}"
+        (data / "test" / f"{name}.wav").write_bytes(f"test {i}".encode())
+        answers.append((name, ["kick", "snare"][i % 2]))
+    with open(data / "answers.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows(answers)
+
+    sub = random_split(data, 0.25, tmp_path / "subsets")
+    assert sub.name == "set-random-split"
+    with open(sub / "answers.csv", newline="") as fh:
+        key = {row["ID"]: row["Class"] for row in csv.DictReader(fh)}
+    assert sorted(set(key.values())) == ["kick", "snare"] and len(key) == 5  # a quarter of 20 clips, stratified
+    test = {f.stem: f.resolve() for f in (sub / "test").iterdir()}
+    assert set(test) == set(key)
+    train = {f.resolve(): d.name for d in (sub / "train").iterdir() for f in d.iterdir()}
+    assert len(train) == 15 and not set(train) & set(test.values())  # every clip once, on one side
+    originals = [f for f in (data / "train").rglob("*.wav")] + [f for f in (data / "test").iterdir()]
+    assert set(train) | set(test.values()) == set(originals)
+    labels = {f: f.parent.name for f in (data / "train").rglob("*.wav")}
+    labels.update({data / "test" / f"{i}.wav": c for i, c in answers[1:]})
+    assert all(labels[f] == cls for f, cls in train.items()) and all(labels[test[i]] == c for i, c in key.items())
+    assert any(f.parent == data / "test" for f in train) and any(f.parent.parent == data / "train" for f in test.values())
+    # A test clip may have a training clip's name: in train/ it is renamed, never overwritten.
+    assert all(link.name.startswith("test__") == (link.resolve().parent == data / "test")
+               for link in (sub / "train").rglob("*.wav"))
+
+
 def test_results_page_learning_curve_averages_draws_beside_all_sources():
     sys.path.insert(0, str(ROOT / "bench"))
     from results_page import learning_curve_table
