@@ -416,9 +416,8 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
 # Reports
 # ----------------------------------------------------------------------------
 
-def plot_history(history: pd.DataFrame, path: Path):
-    """Loss and accuracy per epoch, one pair of lines per model (history's column "model" or "fold")."""
-    member = "fold" if "fold" in history else "model"
+def plot_history(history: pd.DataFrame, path: Path, member: str):
+    """Loss and accuracy per epoch, one pair of lines per value of history's column `member` ("model" or "fold")."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ["loss", "accuracy"]):
         for k, h in history.groupby(member):
@@ -586,7 +585,8 @@ def run(args):
             if len(splits) > 1:
                 model.save(finished)
         models.append(model)
-        histories.append(pd.read_csv(fold_state / "history.csv").drop_duplicates("epoch", keep="last").assign(**{member: k + 1}))
+        history = pd.read_csv(fold_state / "history.csv").drop_duplicates("epoch", keep="last")
+        histories.append(history.assign(**{member: k + 1}))
         if len(val_idx):
             val_pred.update(zip(val_idx, predict_rows(model, x, rows[val_idx], args.batch_size).argmax(axis=1)))
     model = models[0] if len(models) == 1 else ensemble(models)
@@ -594,7 +594,7 @@ def run(args):
     history = pd.concat(histories, ignore_index=True)
     with ad.atomic_output(out / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
-    plot_history(history, out / "training_curves.png")
+    plot_history(history, out / "training_curves.png", member)
     val_idx = np.array(sorted(val_pred), dtype=int)
     scores = report_validation(y[val_idx], np.array([val_pred[i] for i in val_idx]), classes, out) if len(val_idx) else {}
     meta = {"classes": classes, "features": cfg.to_dict(), "train_counts": np.bincount(y).tolist(),
