@@ -26,15 +26,19 @@ class SpecAugmenter:
 
     `strength` scales every range at once: 0 switches augmentation off, 1 is the
     default, 2 doubles every range. `kinds` names the augmentations used (of
-    AUGMENTATIONS); the others are off.
+    AUGMENTATIONS); the others are off. `share` is the share of clips augmented;
+    the others pass as they are.
     """
 
-    def __init__(self, cfg, strength: float = 1.0, kinds=AUGMENTATIONS, semitones: float = 2.0,
+    def __init__(self, cfg, strength: float = 1.0, kinds=AUGMENTATIONS, share: float = 1.0, semitones: float = 2.0,
                  stretch: float = 0.15, shift: float = 0.1, gain_db: float = 6.0, tilt_db: float = 6.0,
                  freq_mask: float = 0.1, time_mask: float = 0.1, noise_share: float = 0.5):
         unknown = set(kinds) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
+        if not 0 <= share <= 1:
+            raise ValueError(f"the share of clips augmented must be between 0 and 1, not {share}")
+        self.share = share
         on = {k: strength * (k in kinds) for k in AUGMENTATIONS}
         self.n_mels, self.n_frames = cfg.n_mels, cfg.n_frames
         self.semitones = semitones * on["pitch"]
@@ -45,7 +49,7 @@ class SpecAugmenter:
         self.noise_share = noise_share * min(1.0, on["noise"])
         self.freq_mask = int(round(freq_mask * on["masks"] * cfg.n_mels))
         self.time_mask = int(round(time_mask * on["masks"] * cfg.n_frames))
-        self.enabled = strength > 0 and bool(kinds)
+        self.enabled = strength > 0 and bool(kinds) and share > 0
         self.pitch_table = tf.constant(_pitch_shift_table(cfg, self.semitones), tf.float32)
 
     def __call__(self, x, seed):
@@ -54,6 +58,7 @@ class SpecAugmenter:
             return x
         seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=8))
         batch = tf.shape(x)[0]
+        clean = x
         floor = tf.reduce_min(x, axis=[1, 2], keepdims=True)
         x = self._pitch_shift(x, floor, seeds[0], batch)
         x = self._stretch_and_shift(x, floor, seeds[1], batch)
@@ -61,6 +66,9 @@ class SpecAugmenter:
         x = self._background_noise(x, seeds[3], batch)
         x = _mask(x, axis=1, width=self.freq_mask, seed=seeds[4], batch=batch)
         x = _mask(x, axis=2, width=self.time_mask, seed=seeds[5], batch=batch)
+        if self.share < 1:
+            augmented = tf.random.stateless_uniform([batch, 1, 1], seeds[6]) < self.share
+            x = tf.where(augmented, x, clean)
         return x
 
     def _pitch_shift(self, x, floor, seed, batch):

@@ -114,6 +114,8 @@ def parse_args(argv=None):
                    f"(and {MIN_STEPS_PER_EPOCH} batches)")
     g.add_argument("--augment", type=float, default=0.5,
                    help="augmentation strength: 0 off, 1 the full ranges (pitch +-2 semitones, speed +-15%%, ...)")
+    g.add_argument("--augment-share", type=float, default=0.5,
+                   help="share of the training clips augmented at each draw; the others train as they are")
     g.add_argument("--augmentations", nargs="*", choices=AUGMENTATIONS, default=DEFAULT_AUGMENTATIONS,
                    help="which augmentations to use (pitch shift moves a sound's spectral envelope too, "
                    "and cost accuracy on real recordings)")
@@ -123,6 +125,8 @@ def parse_args(argv=None):
     g.add_argument("--seed", type=int, default=0, help="same seed, same result (on the CPU)")
     g.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU (ignored on the CPU)")
     args = p.parse_args(argv)
+    if not 0 <= args.augment_share <= 1:
+        p.error(f"--augment-share is a share of the clips, between 0 and 1 (not {args.augment_share})")
     if "ensemble" not in vars(args):
         args.ensemble = 1 if args.folds > 1 else 2
     return args
@@ -374,7 +378,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
         model.compile(optimizer=keras.optimizers.Adam(learning_rate(args, steps)), loss="categorical_crossentropy",
                       metrics=["accuracy"])
 
-    augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations)
+    augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations, share=args.augment_share)
     train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], batch, augmenter, args.mixup, seed)
     has_val = len(val_idx) > 0
     val_ds = make_dataset(x, rows[val_idx], onehot[val_idx], batch) if has_val else None

@@ -73,3 +73,14 @@ def test_only_the_chosen_augmentations_run():
     np.testing.assert_array_equal(SpecAugmenter(CFG, kinds=[])(x, tf.constant([5, 5], tf.int64)), x)
     with pytest.raises(ValueError, match="unknown augmentations"):
         SpecAugmenter(CFG, kinds=["reverb"])
+
+
+def test_a_share_of_the_clips_is_augmented_and_the_rest_pass_as_they_are():
+    x = tf.constant(tone_batch([300.0 + 20 * i for i in range(200)]))
+    changed = lambda aug: np.abs(aug(x, tf.constant([3, 4])).numpy() - x.numpy()).max(axis=(1, 2)) > 1e-3  # noqa: E731
+    assert changed(SpecAugmenter(CFG)).all()
+    share = changed(SpecAugmenter(CFG, share=0.5)).mean()
+    assert 0.35 < share < 0.65, share
+    assert not changed(SpecAugmenter(CFG, share=0.0)).any()
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        SpecAugmenter(CFG, share=1.5)
