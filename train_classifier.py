@@ -426,7 +426,7 @@ def plot_history(history: pd.DataFrame, path: Path, member: str):
     for ax, metric in zip(axes, ["loss", "accuracy"]):
         for k, h in history.groupby(member):
             name = f" ({member} {k})" if history[member].nunique() > 1 else ""
-            line, = ax.plot(h["epoch"] + 1, h[metric], label=f"train (augmented){name}")
+            line, = ax.plot(h["epoch"] + 1, h[metric], label=f"training batches{name}")
             if f"val_{metric}" in h and h[f"val_{metric}"].notna().any():
                 ax.plot(h["epoch"] + 1, h[f"val_{metric}"], "--", color=line.get_color(), label=f"validation{name}")
         ax.set_xlabel("epoch")
