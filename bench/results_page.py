@@ -92,7 +92,10 @@ def accuracy_section(results_dir: Path) -> list[str]:
              "Flatten, Dense 256, Dropout 0.5. Validation accuracy is the model's own report on its held-out",
              "training clips, where it holds some out (today's defaults do not). Every figure is one run: with",
              "200 (instruments) and 636 (drums) test clips, differences of about 3 points are within the noise",
-             "of a single run.",
+             "of a single run. The dev sets built again on a fresh machine were not identical to the earlier",
+             "build: the same code and seed scored somewhat differently on them (rows \"batch 32, dev sets",
+             "rebuilt\" against \"batch 32 (defaults of b6e8272)\"), so compare rows of one build: those of",
+             "commits 17f531e, 76617ec and 8e71188 are on the new one.",
              f"Measured at commit {commits} on "
              f"{machine_line(json.loads(path.read_text()).get('machine'))}.",
              "", "| data set | model | accuracy | macro F1 | validation accuracy | wall time (s) |",
