@@ -84,8 +84,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=60, help="most epochs; early stopping usually ends sooner")
     g.add_argument("--batch-size", type=int, default=16,
-                   help="clips per step (16: on a few hundred clips, twice the updates of 32 in the same "
-                   "epochs and time on a CPU; see docs/RESULTS.md)")
+                   help="clips per step (16: twice the updates of 32 in the same epochs and CPU time; "
+                   "better on instrument notes, see docs/RESULTS.md)")
     g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (--schedule plateau) or peak (cosine)")
     g.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
                    help="plateau: --lr, halved whenever the validation loss (the training loss without validation) "

@@ -95,7 +95,7 @@ def accuracy_section(results_dir: Path) -> list[str]:
              "of a single run. The dev sets built again on a fresh machine were not identical to the earlier",
              "build: the same code and seed scored somewhat differently on them (rows \"batch 32, dev sets",
              "rebuilt\" against \"batch 32 (defaults of b6e8272)\"), so compare rows of one build: those of",
-             "commits 17f531e, 76617ec and 8e71188 are on the new one.",
+             "commit 17f531e and later are on the new one.",
              f"Measured at commit {commits} on "
              f"{machine_line(json.loads(path.read_text()).get('machine'))}.",
              "", "| data set | model | accuracy | macro F1 | validation accuracy | wall time (s) |",
