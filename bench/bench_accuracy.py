@@ -20,6 +20,12 @@ to learn from, the results page's learning curve.
 splits them again at random (stratified by class, SHARE of them to test): test
 clips then come from kits and instruments also heard in training, as in a
 Kaggle-style random split, instead of unseen ones. Its rows are named DATA-random-split.
+
+`--repeats N` runs every model N times, alternating their order, and records the
+median wall time (and each run's): one cold run's time varies by a quarter on a
+shared machine, so time against the reference is read from medians. The row's
+accuracy is the last run's, each run's is kept beside it (ours trains
+deterministically on the CPU; the reference need not).
 """
 import argparse
 import csv
@@ -28,6 +34,7 @@ import json
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -61,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--source-regex", default="^(.+?)__", help="group 1 names a clip's source (kit, instrument)")
     p.add_argument("--random-split", type=float, metavar="SHARE",
                    help="pool train/ and test/ and split them again at random, SHARE of the clips to test")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run every model this many times, in alternating order, for the median wall time")
     p.add_argument("--out", default=str(ROOT / "outputs" / "bench" / "accuracy"), help="scratch folder")
     p.add_argument("--json", default=str(ROOT / "bench" / "accuracy.json"),
                    help="rows are merged into this file (same data set, model and variant: replaced)")
@@ -177,6 +186,20 @@ def learning_curve(folder, seconds, ks, draws, regex, scratch: Path):
             yield {**row, "data": folder.name, "sources": k, "draw": draw}
 
 
+def alternating(runs: list, repeats: int) -> list:
+    """runs, repeated, every other time in reverse order: no model always runs first (or last)."""
+    return [run for k in range(repeats) for run in (runs if k % 2 == 0 else runs[::-1])]
+
+
+def with_median_seconds(rows: list[dict]) -> dict:
+    """One row for several runs of one model: the last run's, with the median of their wall times."""
+    if len(rows) == 1:
+        return rows[0]
+    times = [r["seconds"] for r in rows]
+    return {**rows[-1], "seconds": round(statistics.median(times), 1), "seconds_runs": times,
+            "accuracy_runs": [r["accuracy"] for r in rows]}
+
+
 def merge(path: Path, rows: list[dict]) -> None:
     key = lambda r: (r["data"], r["model"], r["variant"])  # noqa: E731
     old = json.loads(path.read_text())["rows"] if path.exists() else []
@@ -202,9 +225,16 @@ def main(argv=None):
     for folder, seconds in data_sets(args.data):
         if args.random_split:
             folder = random_split(folder, args.random_split, Path(args.out) / "subsets")
-        for model, variant, flags in runs:
-            rows.append(run_one(model, variant, flags, folder, seconds, Path(args.out)))
-            print_row(rows[-1])
+        done = {}
+        for model, variant, flags in alternating(runs, args.repeats):
+            done.setdefault((model, variant), []).append(run_one(model, variant, flags, folder, seconds, Path(args.out)))
+            print_row(done[model, variant][-1])
+        if args.repeats > 1:
+            print(f"medians of {args.repeats} runs:")
+        for runs_of_one in done.values():
+            rows.append(with_median_seconds(runs_of_one))
+            if args.repeats > 1:
+                print_row(rows[-1])
         for row in learning_curve(folder, seconds, args.sources, args.draws, args.source_regex, Path(args.out)):
             rows.append(row)
             print_row(row)

@@ -143,3 +143,14 @@ def test_results_page_learning_curve_averages_draws_beside_all_sources():
     table = [line for line in learning_curve_table(curve, rows, ["drums", "notes"]) if line.startswith("| ")]
     assert table[1:] == ["| 1 | 0.500 (2) | 0.900 (1) |", "| 2 | 0.700 (1) | - |", "| all | 0.850 (2) | - |"]
     assert learning_curve_table([], rows, ["drums"]) == []
+
+
+def test_repeated_runs_alternate_their_order_and_keep_the_median_wall_time():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_accuracy import alternating, with_median_seconds
+    assert alternating(["ours", "reference"], 3) == ["ours", "reference", "reference", "ours", "ours", "reference"]
+    runs = [{"accuracy": 0.8, "seconds": s} for s in (95.0, 68.0, 72.0)]
+    row = with_median_seconds(runs)
+    assert row["seconds"] == 72.0 and row["seconds_runs"] == [95.0, 68.0, 72.0]
+    assert row["accuracy_runs"] == [0.8, 0.8, 0.8]
+    assert with_median_seconds(runs[:1]) is runs[0]
