@@ -67,6 +67,14 @@ def machine_line(m) -> str:
     return f"{m['cpu']}, {m['cores']} cores, GPU: {m['gpu']}" if m else "an unrecorded machine"
 
 
+def wall_time(row: dict) -> str:
+    """Seconds, or the median of several runs with their range and number."""
+    runs = row.get("seconds_runs")
+    if not runs:
+        return f"{row['seconds']:.0f}"
+    return f"{row['seconds']:.0f} ({min(runs):.0f}-{max(runs):.0f}, {len(runs)} runs)"
+
+
 def accuracy_section(results_dir: Path) -> list[str]:
     """Real-data accuracy: ours beside the references per data set, then the ablation rows."""
     path = results_dir / "accuracy.json"
@@ -90,9 +98,10 @@ def accuracy_section(results_dir: Path) -> list[str]:
              "(`bench/seed_reference.py`) is written from the seed author's description: `librosa.load`, a",
              "pitch-shifted and a speed-changed copy of every clip, a random split, three Conv-BN-MaxPool blocks,",
              "Flatten, Dense 256, Dropout 0.5. Validation accuracy is the model's own report on its held-out",
-             "training clips, where it holds some out (today's defaults do not). Every figure is one run: with",
+             "training clips, where it holds some out (today's defaults do not). Every accuracy is one run: with",
              "200 (instruments) and 636 (drums) test clips, differences of about 3 points are within the noise",
-             "of a single run. The dev sets built again on a fresh machine were not identical to the earlier",
+             "of a single run. A wall time followed by a range is the median of that many cold runs, ours and",
+             "the reference's in alternating order (`--repeats`): one run's time varies by a quarter here. The dev sets built again on a fresh machine were not identical to the earlier",
              "build: the same code and seed scored somewhat differently on them (rows \"batch 32, dev sets",
              "rebuilt\" against \"batch 32 (defaults of b6e8272)\"), so compare rows of one build: those of",
              "commit 17f531e and later are on the new one.",
@@ -105,7 +114,7 @@ def accuracy_section(results_dir: Path) -> list[str]:
             if r["data"] == data and r["variant"] == "default":
                 val = f"{r['val_accuracy']:.3f}" if r.get("val_accuracy") is not None else "-"
                 lines.append(f"| {data} ({r['test_clips']} test clips) | {MODEL_NAMES[r['model']]} | "
-                             f"{r['accuracy']:.3f} | {r['macro_f1']:.3f} | {val} | {r['seconds']:.0f} |")
+                             f"{r['accuracy']:.3f} | {r['macro_f1']:.3f} | {val} | {wall_time(r)} |")
     curve = [r for r in rows if "sources" in r]
     rows = [r for r in rows if "sources" not in r]
     variants = [r for r in rows if r["variant"] != "default"]

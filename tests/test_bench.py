@@ -154,3 +154,10 @@ def test_repeated_runs_alternate_their_order_and_keep_the_median_wall_time():
     assert row["seconds"] == 72.0 and row["seconds_runs"] == [95.0, 68.0, 72.0]
     assert row["accuracy_runs"] == [0.8, 0.8, 0.8]
     assert with_median_seconds(runs[:1]) is runs[0]
+
+
+def test_results_page_shows_a_median_wall_time_with_its_range():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results_page import wall_time
+    assert wall_time({"seconds": 71.5}) == "72"
+    assert wall_time({"seconds": 71.5, "seconds_runs": [68.2, 95.1, 71.5]}) == "72 (68-95, 3 runs)"
