@@ -229,12 +229,11 @@ def main(argv=None):
         for model, variant, flags in alternating(runs, args.repeats):
             done.setdefault((model, variant), []).append(run_one(model, variant, flags, folder, seconds, Path(args.out)))
             print_row(done[model, variant][-1])
+        rows += [with_median_seconds(runs_of_one) for runs_of_one in done.values()]
         if args.repeats > 1:
             print(f"medians of {args.repeats} runs:")
-        for runs_of_one in done.values():
-            rows.append(with_median_seconds(runs_of_one))
-            if args.repeats > 1:
-                print_row(rows[-1])
+            for row in rows[-len(done):]:
+                print_row(row)
         for row in learning_curve(folder, seconds, args.sources, args.draws, args.source_regex, Path(args.out)):
             rows.append(row)
             print_row(row)

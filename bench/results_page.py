@@ -101,9 +101,9 @@ def accuracy_section(results_dir: Path) -> list[str]:
              "training clips, where it holds some out (today's defaults do not). Every accuracy is one run: with",
              "200 (instruments) and 636 (drums) test clips, differences of about 3 points are within the noise",
              "of a single run. A wall time followed by a range is the median of that many cold runs, ours and",
-             "the reference's in alternating order (`--repeats`): one run's time varies by a quarter here. The dev sets built again on a fresh machine were not identical to the earlier",
-             "build: the same code and seed scored somewhat differently on them (rows \"batch 32, dev sets",
-             "rebuilt\" against \"batch 32 (defaults of b6e8272)\"), so compare rows of one build: those of",
+             "the reference's in alternating order (`--repeats`): one run's time varies by a quarter here.",
+             "The dev sets built again on a fresh machine were not identical to the earlier build: the same",
+             "code and seed scored somewhat differently on them (rows \"batch 32, dev sets rebuilt\" against \"batch 32 (defaults of b6e8272)\"), so compare rows of one build: those of",
              "commit 17f531e and later are on the new one.",
              f"Measured at commit {commits} on "
              f"{machine_line(json.loads(path.read_text()).get('machine'))}.",
