@@ -4,9 +4,11 @@
 
 Runs the scripts' own models, input pipeline and training step on generated
 spectrograms at the demo's feature settings (16 kHz, 64 mels; 1.5 s for the
-classifier, 1 s for the cGAN) and at the scripts' defaults, with their default
-widths and batch size 32. Each figure is the median over timed epochs, after a
-warm-up epoch that pays for graph tracing and memory allocation.
+classifier, 1 s for the cGAN) and at the scripts' defaults. The classifier trains
+with its script's default model, batch size and augmentation (read from its
+argument parser, so the rows follow the defaults); the cGAN with width 32 and
+batch size 32. Each figure is the median over timed epochs, after a warm-up
+epoch that pays for graph tracing and memory allocation.
 """
 import statistics
 import time
@@ -16,12 +18,12 @@ import numpy as np
 from common import parser, report, row
 import audio_data as ad
 
-BATCH = 32
-SETTINGS = {  # name -> (feature settings, steps per timed epoch)
-    "classifier": {"demo": (dict(sr=16000, duration=1.5, n_mels=64, n_fft=1024, hop_length=256), 6),
-                   "default": (dict(hop_length=1024), 3)},  # train_classifier.py's defaults
-    "cgan": {"demo": (dict(sr=16000, duration=1.0, n_mels=64, n_fft=1024, hop_length=256), 8),
-             "default": (dict(sr=22050, duration=2.0, n_mels=128, n_fft=1024, hop_length=256), 3)},
+BATCH = 32  # the cGAN's
+SETTINGS = {  # name -> (feature settings, clips per timed epoch); None: train_classifier.py's defaults
+    "classifier": {"demo": (dict(sr=16000, duration=1.5, n_mels=64, n_fft=1024, hop_length=256), 192),
+                   "default": (None, 96)},
+    "cgan": {"demo": (dict(sr=16000, duration=1.0, n_mels=64, n_fft=1024, hop_length=256), 8 * BATCH),
+             "default": (dict(sr=22050, duration=2.0, n_mels=128, n_fft=1024, hop_length=256), 3 * BATCH)},
 }
 
 
@@ -35,15 +37,25 @@ def fake_log_mels(n, cfg, n_classes, rng):
     return x, y
 
 
+def classifier_defaults():
+    import train_classifier
+    return train_classifier.parse_args([])
+
+
 def classifier_epoch_seconds(cfg, steps, repeats):
     import keras
     from cnn_model import build_cnn
     from spec_augment import SpecAugmenter
-    from train_classifier import make_dataset
-    x, y = fake_log_mels(steps * BATCH, cfg, 6, np.random.default_rng(0))
-    model = build_cnn(cfg.n_mels, cfg.n_frames, 6, float(x.mean()), float(x.var()), width=16)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="categorical_crossentropy")
-    ds = make_dataset(x, np.arange(len(x)), np.eye(6, dtype=np.float32)[y], BATCH, SpecAugmenter(cfg), 0.2)
+    from train_classifier import feature_stats, make_dataset
+    d = classifier_defaults()
+    x, y = fake_log_mels(steps * d.batch_size, cfg, 6, np.random.default_rng(0))
+    rows = np.arange(len(x))
+    mean, variance = feature_stats(x, rows, top_db=d.top_db if d.level == "clip" else None)
+    model = build_cnn(cfg.n_mels, cfg.n_frames, 6, mean, variance, d.width, dropout=d.dropout, level=d.level,
+                      top_db=d.top_db)
+    model.compile(optimizer=keras.optimizers.Adam(d.lr), loss="categorical_crossentropy")
+    augmenter = SpecAugmenter(cfg, strength=d.augment, kinds=d.augmentations, share=d.augment_share)
+    ds = make_dataset(x, rows, np.eye(6, dtype=np.float32)[y], d.batch_size, augmenter, d.mixup)
 
     class EpochTimes(keras.callbacks.Callback):
         times = []
@@ -84,14 +96,23 @@ def main():
     p.add_argument("model", choices=sorted(SETTINGS))
     args = p.parse_args()
     rows = []
-    for name, (settings, steps) in SETTINGS[args.model].items():
-        cfg = ad.FeatureConfig(**settings)
+    for name, (settings, clips) in SETTINGS[args.model].items():
+        if settings is None:
+            from train_classifier import feature_config
+            cfg = feature_config(classifier_defaults())
+        else:
+            cfg = ad.FeatureConfig(**settings)
         shape = f"{cfg.n_mels}x{cfg.n_frames}"
         if args.model == "classifier":
-            rate = steps * BATCH / classifier_epoch_seconds(cfg, steps, args.repeats)
+            d = classifier_defaults()
+            steps = clips // d.batch_size
+            rate = steps * d.batch_size / classifier_epoch_seconds(cfg, steps, args.repeats)
+            augmentation = (f"augmentation {d.augment:g} ({' '.join(d.augmentations)}) on {d.augment_share:.0%} of clips"
+                            if d.augment > 0 else "no augmentation") + (f", mixup {d.mixup:g}" if d.mixup > 0 else "")
             rows.append(row(f"classifier training, {name} settings", rate, "samples/s",
-                            detail=f"input {shape}, width 16, batch {BATCH}, augmentation and mixup on"))
+                            detail=f"input {shape}, width {d.width}, batch {d.batch_size}, {augmentation}"))
         else:
+            steps = clips // BATCH
             rate = steps / cgan_epoch_seconds(cfg, steps, args.repeats)
             rows.append(row(f"cGAN training, {name} settings", rate, "steps/s",
                             detail=f"spectrograms {shape}, width 32, batch {BATCH}, hinge + mode-seeking, D augmentation"))

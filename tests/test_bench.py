@@ -45,6 +45,18 @@ def test_training_benchmark_steps_the_cgan_as_the_script_does(tmp_path):
     assert rows[0]["ours"] > rows[1]["ours"]  # the demo's small spectrograms step faster than the defaults'
 
 
+def test_training_benchmark_trains_the_classifier_with_its_scripts_defaults(tmp_path):
+    import train_classifier
+    defaults = train_classifier.parse_args([])
+    rows = bench(tmp_path, "bench_training.py", "classifier")
+    assert [r["unit"] for r in rows] == ["samples/s", "samples/s"] and all(r["ours"] > 0 for r in rows)
+    # The rows describe the settings they ran, and those follow the script's defaults.
+    for r in rows:
+        assert f"width {defaults.width}, batch {defaults.batch_size}," in r["detail"], r["detail"]
+        assert " ".join(defaults.augmentations) in r["detail"]
+    assert rows[1]["detail"].startswith(f"input {defaults.n_mels}x")
+
+
 def test_results_page_summarises_configurations_run_with_three_seeds_or_more():
     sys.path.insert(0, str(ROOT / "bench"))
     from results_page import seed_summary
