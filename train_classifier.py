@@ -87,11 +87,6 @@ def parse_args(argv=None):
                    help="clips per step (16: twice the updates of 32 in the same epochs and CPU time; "
                    "better on instrument notes, see docs/RESULTS.md)")
     g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (--schedule plateau) or peak (cosine)")
-    g.add_argument("--weight-decay", type=float, default=0.0,
-                   help="decoupled weight decay (AdamW) of the convolution and dense weights, scaled by the learning rate")
-    g.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
-                   help="predict with an exponential moving average of the weights of this momentum (0: off); "
-                   "early stopping then keeps the average instead of restoring the best epoch's weights")
     g.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
                    help="plateau: --lr, halved whenever the validation loss (the training loss without validation) "
                    "stalls; cosine: one epoch of warm-up to --lr, then cosine decay to 0 at the last epoch "
@@ -382,10 +377,8 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     with strategy.scope():
         model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout,
                           level=args.level, top_db=args.top_db, name=name)
-        optimizer = keras.optimizers.Adam(learning_rate(args, steps), weight_decay=args.weight_decay or None,
-                                          use_ema=args.ema > 0, ema_momentum=args.ema or 0.99)
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
-        model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate(args, steps)), loss="categorical_crossentropy",
+                      metrics=["accuracy"])
 
     augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations, share=args.augment_share)
     train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], batch, augmenter, args.mixup, seed)
@@ -410,7 +403,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     # Under the cosine schedule the training loss falls to the end by design: only validation stops early.
     if has_val or args.schedule == "plateau":
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience,
-                                                       restore_best_weights=not args.ema))
+                                                       restore_best_weights=True))
     if args.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
                                                            patience=max(2, args.patience // 3), min_lr=1e-5))
