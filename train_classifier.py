@@ -120,7 +120,8 @@ def parse_args(argv=None):
                    help="share of the training clips augmented at each draw; the others train as they are")
     g.add_argument("--augmentations", nargs="*", choices=AUGMENTATIONS, default=DEFAULT_AUGMENTATIONS,
                    help="which augmentations to use (pitch shift moves a sound's spectral envelope too, speed "
-                   "change its attack and decay times; both cost accuracy on real instrument notes)")
+                   "change its attack and decay times; both cost accuracy on real instrument notes; gain acts only with "
+                   "--level dataset, as --level clip measures every clip from its own peak)")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha; 0 turns mixup off")
     g.add_argument("--tta", type=int, default=1,
                    help="test-time augmentation: average the predictions of the clip and TTA-1 augmented copies")
