@@ -37,17 +37,12 @@ def fake_log_mels(n, cfg, n_classes, rng):
     return x, y
 
 
-def classifier_defaults():
-    import train_classifier
-    return train_classifier.parse_args([])
-
-
-def classifier_epoch_seconds(cfg, steps, repeats):
+def classifier_epoch_seconds(cfg, d, steps, repeats):
+    """Seconds per epoch of `steps` steps of train_classifier.py at its parsed arguments `d`."""
     import keras
     from cnn_model import build_cnn
     from spec_augment import SpecAugmenter
     from train_classifier import feature_stats, make_dataset
-    d = classifier_defaults()
     x, y = fake_log_mels(steps * d.batch_size, cfg, 6, np.random.default_rng(0))
     rows = np.arange(len(x))
     mean, variance = feature_stats(x, rows, top_db=d.top_db if d.level == "clip" else None)
@@ -95,18 +90,16 @@ def main():
     p = parser(__doc__)
     p.add_argument("model", choices=sorted(SETTINGS))
     args = p.parse_args()
+    if args.model == "classifier":
+        import train_classifier
+        d = train_classifier.parse_args([])
     rows = []
     for name, (settings, clips) in SETTINGS[args.model].items():
-        if settings is None:
-            from train_classifier import feature_config
-            cfg = feature_config(classifier_defaults())
-        else:
-            cfg = ad.FeatureConfig(**settings)
+        cfg = train_classifier.feature_config(d) if settings is None else ad.FeatureConfig(**settings)
         shape = f"{cfg.n_mels}x{cfg.n_frames}"
         if args.model == "classifier":
-            d = classifier_defaults()
             steps = clips // d.batch_size
-            rate = steps * d.batch_size / classifier_epoch_seconds(cfg, steps, args.repeats)
+            rate = steps * d.batch_size / classifier_epoch_seconds(cfg, d, steps, args.repeats)
             augmentation = (f"augmentation {d.augment:g} ({' '.join(d.augmentations)}) on {d.augment_share:.0%} of clips"
                             if d.augment > 0 else "no augmentation") + (f", mixup {d.mixup:g}" if d.mixup > 0 else "")
             rows.append(row(f"classifier training, {name} settings", rate, "samples/s",
