@@ -103,8 +103,9 @@ def accuracy_section(results_dir: Path) -> list[str]:
              "of a single run. A wall time followed by a range is the median of that many cold runs, ours and",
              "the reference's in alternating order (`--repeats`): one run's time varies by a quarter here.",
              "The dev sets built again on a fresh machine were not identical to the earlier build: the same",
-             "code and seed scored somewhat differently on them (rows \"batch 32, dev sets rebuilt\" against \"batch 32 (defaults of b6e8272)\"), so compare rows of one build: those of",
-             "commit 17f531e and later are on the new one.",
+             "code and seed scored somewhat differently on them (rows \"batch 32, dev sets rebuilt\" against",
+             "\"batch 32 (defaults of b6e8272)\"), so compare rows of one build: those of commit 17f531e and",
+             "later are on the new one.",
              f"Measured at commit {commits} on "
              f"{machine_line(json.loads(path.read_text()).get('machine'))}.",
              "", "| data set | model | accuracy | macro F1 | validation accuracy | wall time (s) |",
