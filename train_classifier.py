@@ -51,6 +51,8 @@ DEFAULT_AUGMENTATIONS = [a for a in AUGMENTATIONS if a not in ("pitch", "speed",
 # was one or two steps, and both fired before the model had learned anything: trained
 # on one drum kit (57 clips), it gave every test clip the same class.
 MIN_STEPS_PER_EPOCH = 8
+# Fewer test clips than this give batch-norm statistics too noisy to predict with (--test-bn test).
+MIN_CLIPS_TO_ADAPT = 50
 
 
 # ----------------------------------------------------------------------------
@@ -125,6 +127,10 @@ def parse_args(argv=None):
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha; 0 turns mixup off")
     g.add_argument("--tta", type=int, default=1,
                    help="test-time augmentation: average the predictions of the clip and TTA-1 augmented copies")
+    g.add_argument("--test-bn", choices=["train", "test"], default="train",
+                   help="batch-norm statistics to predict with: the training clips', or re-estimated on the test "
+                   f"clips (AdaBN, for test clips recorded with other instruments or equipment; needs at least "
+                   f"{MIN_CLIPS_TO_ADAPT} of them)")
     g.add_argument("--seed", type=int, default=0, help="same seed, same result (on the CPU)")
     g.add_argument("--mixed-precision", action="store_true", help="float16 compute on a GPU (ignored on the CPU)")
     args = p.parse_args(argv)
@@ -282,6 +288,31 @@ def predict_rows(model, x, rows, batch_size, augmenter=None, copies=1, seed=0):
         draw = lambda i, batch: (augmenter(batch[0], tf.stack([tf.constant(seed + copy, tf.int64), i])), batch[1])  # noqa: E731
         probs += model.predict(ds.enumerate().map(draw), verbose=0)
     return probs / copies
+
+
+def adapt_batch_norm(model, x, rows, chunk=256):
+    """Re-estimate every batch-norm layer's statistics on the given rows: the clips about to be predicted.
+
+    Clips of other instruments, kits or equipment than the training clips shift
+    what each layer sees; normalised with their own statistics instead of the
+    training set's, much of that shift is undone (AdaBN: Li et al., 2016,
+    "Revisiting batch normalization for practical domain adaptation"). Layer by
+    layer, so each one sees its inputs as the adapted layers before it make them.
+    Only the statistics change, in memory: what was saved keeps the training set's.
+    """
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]  # an ensemble's CNNs
+    for member in members:
+        for bn in [layer for layer in member.layers if isinstance(layer, layers.BatchNormalization)]:
+            inputs_of_bn = keras.Model(member.input, bn.input)
+            total = total_sq = 0.0
+            for start in range(0, len(rows), chunk):
+                a = np.asarray(inputs_of_bn(np.asarray(x[rows[start:start + chunk]]), training=False), np.float64)
+                total += a.sum(axis=(0, 1, 2))
+                total_sq += np.square(a).sum(axis=(0, 1, 2))
+            n = len(rows) * a.shape[1] * a.shape[2]
+            mean = total / n
+            bn.moving_mean.assign(mean)
+            bn.moving_variance.assign(np.maximum(total_sq / n - mean**2, 0.0))
 
 
 def feature_stats(x, rows, top_db=None, chunk=512):
@@ -523,6 +554,12 @@ def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
     fallback = classes[int(np.argmax(meta["train_counts"]))]
     predicted = np.full(len(paths), fallback, dtype=object)
     ok_rows = np.flatnonzero(feats.ok)
+    if args.test_bn == "test":
+        if len(ok_rows) >= MIN_CLIPS_TO_ADAPT:
+            adapt_batch_norm(model, feats.x, ok_rows)
+        else:
+            ad.warn(f"--test-bn test needs at least {MIN_CLIPS_TO_ADAPT} test clips, not {len(ok_rows)}: "
+                    "predicting with the training clips' batch-norm statistics")
     if len(ok_rows):
         augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations) if args.tta > 1 else None
         probs = predict_rows(model, feats.x, ok_rows, args.batch_size, augmenter, args.tta, args.seed)

@@ -326,6 +326,34 @@ def test_test_time_augmentation_averages_the_clip_and_its_augmented_copies(data,
 
 
 
+def test_batch_norm_statistics_re_estimated_on_test_clips_normalise_them_layer_by_layer():
+    import keras
+
+    from cnn_model import build_cnn
+    members = [build_cnn(8, 6, 3, -40.0, 100.0, width=4, blocks=2, name=f"cnn_{k}") for k in range(2)]
+    model = tc.ensemble(members)
+    kernels = [w.numpy().copy() for w in model.trainable_weights]
+    x = np.random.default_rng(0).uniform(-60, 0, (70, 8, 6)).astype(np.float32)
+    rows = np.arange(5, 70)  # the clips to predict; rows 0-4 are not among them
+    tc.adapt_batch_norm(model, x, rows, chunk=16)
+    for member in members:
+        norms = [layer for layer in member.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert len(norms) == 4
+        for bn in norms:  # each layer's statistics are those of its inputs as the adapted layers before make them
+            seen = keras.Model(member.input, bn.input).predict(x[rows], verbose=0)
+            np.testing.assert_allclose(bn.moving_mean.numpy(), seen.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(bn.moving_variance.numpy(), seen.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-3)
+            assert seen.var(axis=(0, 1, 2)).min() > 0
+    for before, after in zip(kernels, model.trainable_weights):
+        np.testing.assert_array_equal(before, after.numpy())  # only the statistics change
+
+
+def test_test_batch_norm_statistics_need_enough_test_clips(data, trained, tmp_path, capsys):
+    assert run(data, tmp_path, "--model", str(trained / "classifier.keras"), "--test-bn", "test") == 0
+    assert f"needs at least {tc.MIN_CLIPS_TO_ADAPT} test clips, not 12" in capsys.readouterr().err
+    assert (tmp_path / "submission_cnn_v2.csv").read_text() == (trained / "submission_cnn_v2.csv").read_text()
+
+
 def test_an_epoch_is_one_pass_but_never_fewer_than_the_minimum_of_steps():
     assert tc.steps_per_epoch(460, 0, 32) == 15  # the drums dev set: one pass, as before
     assert tc.steps_per_epoch(460, 960, 32) == 30  # --epoch-clips asks for more
