@@ -18,11 +18,11 @@ import tensorflow as tf
 LN10_OVER_10 = math.log(10.0) / 10.0
 
 
-AUGMENTATIONS = ("pitch", "speed", "shift", "gain", "eq", "noise", "masks", "reverb")
+AUGMENTATIONS = ("pitch", "speed", "shift", "gain", "eq", "noise", "masks")
 
 
 class SpecAugmenter:
-    """Random pitch shift, speed change, time shift, gain, EQ, background noise, masks and reverb.
+    """Random pitch shift, speed change, time shift, gain, EQ, background noise and masks.
 
     `strength` scales every range at once: 0 switches augmentation off, 1 is the
     default, 2 doubles every range. `kinds` names the augmentations used (of
@@ -32,7 +32,7 @@ class SpecAugmenter:
 
     def __init__(self, cfg, strength: float = 1.0, kinds=AUGMENTATIONS, share: float = 1.0, semitones: float = 2.0,
                  stretch: float = 0.15, shift: float = 0.1, gain_db: float = 6.0, tilt_db: float = 6.0,
-                 freq_mask: float = 0.1, time_mask: float = 0.1, noise_share: float = 0.5, rt60: float = 2.0):
+                 freq_mask: float = 0.1, time_mask: float = 0.1, noise_share: float = 0.5):
         unknown = set(kinds) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
@@ -49,8 +49,6 @@ class SpecAugmenter:
         self.noise_share = noise_share * min(1.0, on["noise"])
         self.freq_mask = int(round(freq_mask * on["masks"] * cfg.n_mels))
         self.time_mask = int(round(time_mask * on["masks"] * cfg.n_frames))
-        self.rt60 = rt60 * on["reverb"]
-        self.frame_s = cfg.hop_length / cfg.sr
         self.enabled = strength > 0 and bool(kinds) and share > 0
         self.pitch_table = tf.constant(_pitch_shift_table(cfg, self.semitones), tf.float32)
 
@@ -64,7 +62,6 @@ class SpecAugmenter:
         floor = tf.reduce_min(x, axis=[1, 2], keepdims=True)
         x = self._pitch_shift(x, floor, seeds[0], batch)
         x = self._stretch_and_shift(x, floor, seeds[1], batch)
-        x = self._reverb(x, seeds[7], batch)
         x = self._gain_and_tilt(x, seeds[2], batch)
         x = self._background_noise(x, seeds[3], batch)
         x = _mask(x, axis=1, width=self.freq_mask, seed=seeds[4], batch=batch)
@@ -86,27 +83,6 @@ class SpecAugmenter:
         offset = tf.random.stateless_uniform([batch, 1], s2, -1.0, 1.0) * self.shift * self.n_frames
         src = tf.range(self.n_frames, dtype=tf.float32)[None, :] * rate + offset
         return _interpolate(x, src, axis=2, fill=floor)
-
-    def _reverb(self, x, seed, batch):
-        """A room, or a longer-ringing instrument: every frame's energy also decays into the frames after it.
-
-        The tail falls 60 dB in a reverberation time drawn up to `rt60` seconds
-        and starts 0 to 20 dB below the dry sound: a short, dry hit learnt from
-        one sample set then also looks like the same hit recorded in a room or
-        left to ring.
-        """
-        if self.rt60 <= 0:
-            return x
-        s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        rt60 = tf.maximum(tf.random.stateless_uniform([batch, 1, 1], s1, 0.0, self.rt60), 1e-3)
-        wet_db = tf.random.stateless_uniform([batch, 1, 1], s2, -20.0, 0.0)
-        frames = tf.range(self.n_frames, dtype=tf.float32)
-        lag = frames[None, :] - frames[:, None]  # [source frame, frame it reaches]
-        tail_db = wet_db - lag[None] * (60.0 * self.frame_s) / rt60
-        kernel = tf.where(lag[None] > 0, tf.exp(tf.minimum(tail_db, 0.0) * LN10_OVER_10), 0.0) + tf.eye(self.n_frames)
-        peak = tf.reduce_max(x, axis=[1, 2], keepdims=True)
-        power = tf.exp((x - peak) * LN10_OVER_10)  # relative to the peak: no float32 overflow
-        return tf.math.log(tf.matmul(power, kernel)) / LN10_OVER_10 + peak
 
     def _gain_and_tilt(self, x, seed, batch):
         """A different level and microphone: overall gain plus a random spectral tilt and bump."""

@@ -46,7 +46,7 @@ from spec_augment import AUGMENTATIONS, SpecAugmenter, mixup  # noqa: E402
 
 SUBMISSION = "submission_cnn_v2.csv"
 # All but pitch shift and speed change: see docs/RESULTS.md's ablation table.
-DEFAULT_AUGMENTATIONS = [a for a in AUGMENTATIONS if a not in ("pitch", "speed", "reverb")]
+DEFAULT_AUGMENTATIONS = [a for a in AUGMENTATIONS if a not in ("pitch", "speed")]
 # Early stopping and learning-rate plateaus count epochs. On a few dozen clips an epoch
 # was one or two steps, and both fired before the model had learned anything: trained
 # on one drum kit (57 clips), it gave every test clip the same class.
