@@ -335,7 +335,7 @@ def test_batch_norm_statistics_re_estimated_on_test_clips_normalise_them_layer_b
     kernels = [w.numpy().copy() for w in model.trainable_weights]
     x = np.random.default_rng(0).uniform(-60, 0, (70, 8, 6)).astype(np.float32)
     rows = np.arange(5, 70)  # the clips to predict; rows 0-4 are not among them
-    tc.adapt_batch_norm(model, x, rows, chunk=16)
+    tc.set_batch_norm_statistics(model, tc.tf.data.Dataset.from_tensor_slices(x[rows]).batch(16))
     for member in members:
         norms = [layer for layer in member.layers if isinstance(layer, keras.layers.BatchNormalization)]
         assert len(norms) == 4
@@ -346,6 +346,21 @@ def test_batch_norm_statistics_re_estimated_on_test_clips_normalise_them_layer_b
             assert seen.var(axis=(0, 1, 2)).min() > 0
     for before, after in zip(kernels, model.trainable_weights):
         np.testing.assert_array_equal(before, after.numpy())  # only the statistics change
+
+
+def test_training_ends_with_the_batch_norm_statistics_of_its_clips_under_the_final_weights(data, tmp_path):
+    import keras
+
+    # Unaugmented, 12 batches of 8 are exactly two passes over the 48 clips: the statistics are of every clip.
+    assert run(data, tmp_path, "--epochs", "3", "--augment", "0", "--epoch-clips", "96", "--train-only") == 0
+    model, meta = tc.load_saved_model(tmp_path / "classifier.keras")
+    paths, _ = tc.ad.find_labelled_clips(data / "train")
+    x = tc.ad.extract_features(paths, tc.ad.FeatureConfig.from_dict(meta["features"]), tmp_path / "cache").x
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for bn in (norms[0], norms[-1]):
+        seen = keras.Model(model.input, bn.input).predict(np.asarray(x), verbose=0)
+        np.testing.assert_allclose(bn.moving_mean.numpy(), seen.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), seen.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
 
 
 def test_test_batch_norm_statistics_need_enough_test_clips(data, trained, tmp_path, capsys):
