@@ -307,12 +307,14 @@ def set_batch_norm_statistics(model, clips: tf.data.Dataset):
     for member in members:
         for bn in [layer for layer in member.layers if isinstance(layer, layers.BatchNormalization)]:
             inputs_of_bn = keras.Model(member.input, bn.input)
-            total = total_sq = n = 0
-            for batch in clips:
-                a = np.asarray(inputs_of_bn(batch, training=False), np.float64)
-                total += a.sum(axis=(0, 1, 2))
-                total_sq += np.square(a).sum(axis=(0, 1, 2))
-                n += a.shape[0] * a.shape[1] * a.shape[2]
+
+            @tf.function(input_signature=[tf.TensorSpec(member.input.shape, tf.float32)])
+            def sums(batch):
+                a = inputs_of_bn(batch, training=False)
+                return tf.cast(tf.size(a) // tf.shape(a)[-1], tf.float32), tf.reduce_sum(a, [0, 1, 2]), \
+                    tf.reduce_sum(tf.square(a), [0, 1, 2])
+
+            n, total, total_sq = (sum(np.asarray(s, np.float64) for s in part) for part in zip(*map(sums, clips)))
             mean = total / n
             bn.moving_mean.assign(mean)
             bn.moving_variance.assign(np.maximum(total_sq / n - mean**2, 0.0))
