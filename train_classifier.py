@@ -51,6 +51,9 @@ DEFAULT_AUGMENTATIONS = [a for a in AUGMENTATIONS if a not in ("pitch", "speed")
 # was one or two steps, and both fired before the model had learned anything: trained
 # on one drum kit (57 clips), it gave every test clip the same class.
 MIN_STEPS_PER_EPOCH = 8
+# Batch-norm statistics after training are measured on an epoch of training clips, or this many at most:
+# a few thousand pin them down, more would only cost memory and time.
+BN_STATISTICS_CLIPS = 2048
 # Fewer test clips than this give batch-norm statistics too noisy to predict with (--test-bn test).
 MIN_CLIPS_TO_ADAPT = 50
 
@@ -452,7 +455,9 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
               validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)
-    set_batch_norm_statistics(model, train_ds.take(steps).map(lambda xb, _: xb))
+    # An epoch of training batches, augmented as in training, drawn once (each layer reads them again).
+    clips = np.concatenate([xb for xb, _ in train_ds.take(min(steps, math.ceil(BN_STATISTICS_CLIPS / batch)))])
+    set_batch_norm_statistics(model, tf.data.Dataset.from_tensor_slices(clips).batch(256))
     return model
 
 
