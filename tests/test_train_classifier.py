@@ -363,10 +363,23 @@ def test_training_ends_with_the_batch_norm_statistics_of_its_clips_under_the_fin
         np.testing.assert_allclose(bn.moving_variance.numpy(), seen.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
 
 
-def test_test_batch_norm_statistics_need_enough_test_clips(data, trained, tmp_path, capsys):
+def test_test_batch_norm_statistics_need_enough_test_clips(data, trained, tmp_path, capsys, monkeypatch):
     assert run(data, tmp_path, "--model", str(trained / "classifier.keras"), "--test-bn", "test") == 0
     assert f"needs at least {tc.MIN_CLIPS_TO_ADAPT} test clips, not 12" in capsys.readouterr().err
     assert (tmp_path / "submission_cnn_v2.csv").read_text() == (trained / "submission_cnn_v2.csv").read_text()
+    # With enough clips the statistics are the test clips', and the predictions still right.
+    adapted, measure = [], tc.set_batch_norm_statistics
+
+    def counted(model, clips):
+        adapted.append(sum(len(batch) for batch in clips))
+        measure(model, clips)
+    monkeypatch.setattr(tc, "MIN_CLIPS_TO_ADAPT", 12)
+    monkeypatch.setattr(tc, "set_batch_norm_statistics", counted)
+    assert run(data, tmp_path / "adapted", "--model", str(trained / "classifier.keras"), "--test-bn", "test") == 0
+    assert adapted == [12]  # the decodable test clips, once each
+    sub = pd.read_csv(tmp_path / "adapted" / "submission_cnn_v2.csv", dtype=str).set_index("ID")["Class"]
+    key = pd.read_csv(data / "key.csv", dtype=str)
+    assert len(sub) == 14 and (key.ID.map(sub) == key.Class).mean() >= 0.75
 
 
 def test_an_epoch_is_one_pass_but_never_fewer_than_the_minimum_of_steps():
