@@ -188,6 +188,27 @@ def test_interrupted_run_resumes_even_from_a_torn_backup(data, tmp_path):
     assert history.epoch.tolist() == list(range(40))
 
 
+def test_backups_are_written_after_the_first_epoch_then_every_few_seconds_and_when_stopping(tmp_path, monkeypatch):
+    import types
+
+    import keras
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    stopping = [False]
+    backup = tc.ThrottledBackupAndRestore(str(tmp_path / "backup"), stopping=lambda: stopping[0])
+    backup.set_model(model)
+    backup.on_train_begin()
+    saved = []
+    monkeypatch.setattr(backup, "_save_model", lambda: saved.append(backup._current_epoch))
+    clock = iter([0.0, 1.0, 2.0, tc.BACKUP_SECONDS + 0.5, tc.BACKUP_SECONDS + 1.0, tc.BACKUP_SECONDS + 2.0])
+    monkeypatch.setattr(tc, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+    for epoch in range(5):
+        backup.on_epoch_end(epoch)
+    stopping[0] = True
+    backup.on_epoch_end(5)
+    assert saved == [1, 4, 6]  # epochs done at each backup: the first, BACKUP_SECONDS later, the stopping one
+
+
 @pytest.mark.parametrize("kind", ["lambda_payload", "not_a_model", "foreign_json"])
 def test_a_model_file_that_is_not_ours_is_refused_and_nothing_in_it_runs(data, trained, tmp_path, kind):
     import shutil
