@@ -396,8 +396,12 @@ class FinishEpochOnInterrupt(keras.callbacks.Callback):
 
 
 class ThrottledBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that backs up after the first epoch, then once BACKUP_SECONDS have passed since the
-    last backup, and always at the epoch a Ctrl-C stops (`stopping()` true)."""
+    """BackupAndRestore writing fewer backups.
+
+    One after the first epoch, then one once BACKUP_SECONDS have passed since the
+    last, and always one at the epoch a Ctrl-C stops at (`stopping()` true), as
+    FinishEpochOnInterrupt promises.
+    """
 
     def __init__(self, backup_dir: str, stopping):
         super().__init__(backup_dir, double_checkpoint=True)
@@ -452,8 +456,8 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
         class_weight = dict(enumerate(weights))
         print(f"classes are unbalanced ({counts.min()} to {counts.max()} training clips): using class weights")
 
-    # The log comes before the backup: a resumed run repeats the epochs since the last backup,
-    # their rows deduplicated later.
+    # The log comes before the backup, so every epoch a backup holds is logged; a resumed run
+    # repeats the epochs since its last backup, their rows deduplicated later.
     interrupt = FinishEpochOnInterrupt()
     callbacks = [
         keras.callbacks.CSVLogger(str(state / "history.csv"), append=True),
