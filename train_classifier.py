@@ -279,19 +279,24 @@ def make_dataset(x, rows, y_onehot, batch_size, augmenter=None, mixup_alpha=0.0,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def log_mel_batches(x, rows, batch_size) -> tf.data.Dataset:
+    """The given rows of the feature array in order, in batches, without labels: to predict or measure."""
+    no_labels = np.zeros((len(rows), 1), np.float32)
+    return make_dataset(x, rows, no_labels, batch_size).map(lambda xb, _: xb)
+
+
 def predict_rows(model, x, rows, batch_size, augmenter=None, copies=1, seed=0):
     """Class probabilities for the given rows of the feature array.
 
     With copies > 1 (test-time augmentation), the mean over the clip itself and
     copies-1 augmented versions of it.
     """
-    no_labels = np.zeros((len(rows), model.output_shape[-1]), np.float32)
-    ds = make_dataset(x, rows, no_labels, batch_size)
+    ds = log_mel_batches(x, rows, batch_size)
     probs = model.predict(ds, verbose=0)
     if augmenter is None or copies <= 1:
         return probs
     for copy in range(1, copies):
-        draw = lambda i, batch: (augmenter(batch[0], tf.stack([tf.constant(seed + copy, tf.int64), i])), batch[1])  # noqa: E731
+        draw = lambda i, xb: augmenter(xb, tf.stack([tf.constant(seed + copy, tf.int64), i]))  # noqa: E731
         probs += model.predict(ds.enumerate().map(draw), verbose=0)
     return probs / copies
 
@@ -301,13 +306,13 @@ def set_batch_norm_statistics(model, clips: tf.data.Dataset):
 
     Layer by layer, so each one sees its inputs as the layers before it, already
     set, make them (all at once, from the old statistics, heard notes scored 0.915
-    against 0.955: seed 1, a scratch run). Two uses. After training: Keras's moving averages (momentum 0.9)
-    follow the last few dozen batches and lag the weights that made them; measured
-    over an epoch of training batches with the final weights they are exact
-    ("precise BN": Wu & Johnson, 2021, "Rethinking 'Batch' in BatchNorm"). Before
-    predicting, with --test-bn test: measured on the test clips themselves, which
-    undoes much of the shift when those were recorded with other instruments or
-    equipment than the training clips (AdaBN: Li et al., 2016).
+    against 0.955: seed 1, a scratch run). Two uses. After training: Keras's moving
+    averages (momentum 0.9) follow the last few dozen batches and lag the weights
+    that made them; measured over an epoch of training batches with the final
+    weights they are exact ("precise BN": Wu & Johnson, 2021, "Rethinking 'Batch'
+    in BatchNorm"). Before predicting, with --test-bn test: measured on the test
+    clips themselves, which undoes much of the shift when those were recorded with
+    other instruments or equipment than the training clips (AdaBN: Li et al., 2016).
     """
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]  # an ensemble's CNNs
     for member in members:
@@ -591,9 +596,7 @@ def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
     ok_rows = np.flatnonzero(feats.ok)
     if args.test_bn == "test":
         if len(ok_rows) >= MIN_CLIPS_TO_ADAPT:
-            no_labels = np.zeros((len(ok_rows), 1), np.float32)
-            set_batch_norm_statistics(model, make_dataset(feats.x, ok_rows, no_labels, args.batch_size).map(
-                lambda xb, _: xb))
+            set_batch_norm_statistics(model, log_mel_batches(feats.x, ok_rows, args.batch_size))
         else:
             ad.warn(f"--test-bn test needs at least {MIN_CLIPS_TO_ADAPT} test clips, not {len(ok_rows)}: "
                     "predicting with the training clips' batch-norm statistics")
