@@ -373,12 +373,16 @@ def prepare_state_dir(state: Path, run_settings: dict) -> bool:
 
 
 class FinishEpochOnInterrupt(keras.callbacks.Callback):
-    """First Ctrl-C: finish the epoch in progress and its backup, then stop; a second stops at once.
+    """First Ctrl-C: finish the epoch in progress and back it up, then stop; a second stops at once.
 
-    An interrupt landing while BackupAndRestore writes its file would tear the
-    backup, and the resumed run would repeat an epoch from the one before. Must
-    come after BackupAndRestore.
+    An interrupt landing while the backup is written would tear it, and the resumed
+    run would start from the one before. Must come after `backup`, which it asks to
+    back up the stopping epoch if that epoch's turn did not.
     """
+
+    def __init__(self, backup):
+        super().__init__()
+        self.backup = backup
 
     def on_train_begin(self, logs=None):
         self.requested = False
@@ -393,6 +397,8 @@ class FinishEpochOnInterrupt(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.requested:
+            if self.backup.backed_up_epoch != epoch:
+                self.backup.back_up(epoch)
             signal.signal(signal.SIGINT, self.previous_handler)
             raise KeyboardInterrupt  # skips on_train_end, where the backup would be deleted
 
@@ -401,23 +407,22 @@ class FinishEpochOnInterrupt(keras.callbacks.Callback):
 
 
 class ThrottledBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore writing fewer backups.
+    """BackupAndRestore writing fewer backups: one after the first epoch, then one once
+    BACKUP_SECONDS have passed since the last (and the one FinishEpochOnInterrupt asks for)."""
 
-    One after the first epoch, then one once BACKUP_SECONDS have passed since the
-    last, and always one at the epoch a Ctrl-C stops at (`stopping()` true), as
-    FinishEpochOnInterrupt promises.
-    """
-
-    def __init__(self, backup_dir: str, stopping):
+    def __init__(self, backup_dir: str):
         super().__init__(backup_dir, double_checkpoint=True)
-        self.stopping = stopping
         self.last_backup = None
+        self.backed_up_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
-        now = time.monotonic()
-        if self.last_backup is None or now - self.last_backup >= BACKUP_SECONDS or self.stopping():
-            super().on_epoch_end(epoch, logs)
-            self.last_backup = now
+        if self.last_backup is None or time.monotonic() - self.last_backup >= BACKUP_SECONDS:
+            self.back_up(epoch)
+
+    def back_up(self, epoch):
+        super().on_epoch_end(epoch)
+        self.last_backup = time.monotonic()
+        self.backed_up_epoch = epoch
 
 
 def distribution_strategy():
@@ -463,12 +468,9 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
 
     # The log comes before the backup, so every epoch a backup holds is logged; a resumed run
     # repeats the epochs since its last backup, their rows deduplicated later.
-    interrupt = FinishEpochOnInterrupt()
-    callbacks = [
-        keras.callbacks.CSVLogger(str(state / "history.csv"), append=True),
-        # Two backups: a run killed (not Ctrl-C'd) while one is written resumes from the other.
-        ThrottledBackupAndRestore(str(state / "backup"), stopping=lambda: interrupt.requested),
-    ]
+    # Two backups: a run killed (not Ctrl-C'd) while one is written resumes from the other.
+    backup = ThrottledBackupAndRestore(str(state / "backup"))
+    callbacks = [keras.callbacks.CSVLogger(str(state / "history.csv"), append=True), backup]
     # Under the cosine schedule the training loss falls to the end by design: only validation stops early.
     if has_val or args.schedule == "plateau":
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience,
@@ -476,7 +478,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     if args.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
                                                            patience=max(2, args.patience // 3), min_lr=1e-5))
-    callbacks.append(interrupt)
+    callbacks.append(FinishEpochOnInterrupt(backup))
     replicas = strategy.num_replicas_in_sync
     print(f"training on {len(train_idx)} clips, validating on {len(val_idx)}; "
           f"{model.count_params():,} parameters; up to {args.epochs} epochs"

@@ -1,4 +1,5 @@
 """train_classifier.py end to end on generated clips, with a tiny config."""
+import signal
 import subprocess
 import sys
 
@@ -163,7 +164,6 @@ def test_split_is_stratified_disjoint_and_keeps_recordings_together(tmp_path):
 
 
 def test_interrupted_run_resumes_even_from_a_torn_backup(data, tmp_path):
-    import signal
     import time
     out = tmp_path / "out"
     cmd = [sys.executable, str(ROOT / "train_classifier.py"), *TINY, "--train-dir", str(data / "train"),
@@ -194,19 +194,27 @@ def test_backups_are_written_after_the_first_epoch_then_every_few_seconds_and_wh
     import keras
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     model.compile(optimizer="adam", loss="mse")
-    stopping = [False]
-    backup = tc.ThrottledBackupAndRestore(str(tmp_path / "backup"), stopping=lambda: stopping[0])
-    backup.set_model(model)
-    backup.on_train_begin()
+    backup = tc.ThrottledBackupAndRestore(str(tmp_path / "backup"))
+    interrupt = tc.FinishEpochOnInterrupt(backup)
+    for callback in (backup, interrupt):
+        callback.set_model(model)
+        callback.on_train_begin()
     saved = []
     monkeypatch.setattr(backup, "_save_model", lambda: saved.append(backup._current_epoch))
-    clock = iter([0.0, 1.0, 2.0, tc.BACKUP_SECONDS + 0.5, tc.BACKUP_SECONDS + 1.0, tc.BACKUP_SECONDS + 2.0])
-    monkeypatch.setattr(tc, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
-    for epoch in range(5):
-        backup.on_epoch_end(epoch)
-    stopping[0] = True
-    backup.on_epoch_end(5)
-    assert saved == [1, 4, 6]  # epochs done at each backup: the first, BACKUP_SECONDS later, the stopping one
+    seconds = iter([0.0, 1.0, 2.0, tc.BACKUP_SECONDS + 0.5, tc.BACKUP_SECONDS + 1.0, tc.BACKUP_SECONDS + 1.5])
+    monkeypatch.setattr(tc, "time", types.SimpleNamespace(monotonic=lambda: next(seconds, tc.BACKUP_SECONDS + 2)))
+    try:
+        for epoch in range(5):
+            backup.on_epoch_end(epoch)
+            interrupt.on_epoch_end(epoch)
+        assert saved == [1, 4]  # epochs done at each backup: the first, then BACKUP_SECONDS later
+        interrupt.request_stop(signal.SIGINT, None)  # Ctrl-C after the backup's turn in epoch 5 passed it by
+        backup.on_epoch_end(5)
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.on_epoch_end(5)
+        assert saved == [1, 4, 6]
+    finally:
+        interrupt.on_train_end()  # the Ctrl-C handler it installed
 
 
 @pytest.mark.parametrize("kind", ["lambda_payload", "not_a_model", "foreign_json"])
