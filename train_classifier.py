@@ -13,6 +13,7 @@ together (--ensemble, --val-split).
 A killed run resumes where it stopped when the same command is run again.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -301,6 +302,13 @@ def predict_rows(model, x, rows, batch_size, augmenter=None, copies=1, seed=0):
     return probs / copies
 
 
+def channel_sums(layers_before, batch):
+    """Positions, sum and sum of squares per channel of what `layers_before` makes of `batch`."""
+    a = layers_before(batch, training=False)
+    positions = tf.size(a) // tf.shape(a)[-1]  # per channel, as an integer: exact at any size
+    return positions, tf.reduce_sum(a, [0, 1, 2]), tf.reduce_sum(tf.square(a), [0, 1, 2])
+
+
 def set_batch_norm_statistics(model, clips: tf.data.Dataset):
     """Set every batch-norm layer's statistics to those of its inputs over `clips` (batches of log-mels).
 
@@ -317,14 +325,10 @@ def set_batch_norm_statistics(model, clips: tf.data.Dataset):
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]  # an ensemble's CNNs
     for member in members:
         for bn in [layer for layer in member.layers if isinstance(layer, layers.BatchNormalization)]:
-            inputs_of_bn = keras.Model(member.input, bn.input)
-
-            @tf.function(input_signature=[tf.TensorSpec(member.input.shape, tf.float32)])
-            def sums(batch):
-                a = inputs_of_bn(batch, training=False)
-                positions = tf.size(a) // tf.shape(a)[-1]  # per channel, as an integer: exact at any size
-                return positions, tf.reduce_sum(a, [0, 1, 2]), tf.reduce_sum(tf.square(a), [0, 1, 2])
-
+            # A partial, not a closure: tf.function counts traces per code object, and one
+            # closure traced once per layer would draw its "frequent retracing" warning.
+            sums = tf.function(functools.partial(channel_sums, keras.Model(member.input, bn.input)),
+                               input_signature=[tf.TensorSpec(member.input.shape, tf.float32)])
             n, total, total_sq = (sum(np.asarray(s, np.float64) for s in part) for part in zip(*map(sums, clips)))
             mean = total / n
             bn.moving_mean.assign(mean)
