@@ -1,4 +1,5 @@
 """train_classifier.py end to end on generated clips, with a tiny config."""
+import logging
 import signal
 import subprocess
 import sys
@@ -364,7 +365,17 @@ def test_batch_norm_statistics_re_estimated_on_test_clips_normalise_them_layer_b
     kernels = [w.numpy().copy() for w in model.trainable_weights]
     x = np.random.default_rng(0).uniform(-60, 0, (70, 8, 6)).astype(np.float32)
     rows = np.arange(5, 70)  # the clips to predict; rows 0-4 are not among them
-    tc.set_batch_norm_statistics(model, tc.tf.data.Dataset.from_tensor_slices(x[rows]).batch(16))
+    # Three batches per layer, as a notes-sized training set gives: enough calls for TensorFlow to
+    # warn of frequent retracing when each layer's graph counts against the same function.
+    warnings = []
+    handler = logging.Handler()
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    tc.tf.get_logger().addHandler(handler)
+    try:
+        tc.set_batch_norm_statistics(model, tc.tf.data.Dataset.from_tensor_slices(x[rows]).batch(32))
+    finally:
+        tc.tf.get_logger().removeHandler(handler)
+    assert not [w for w in warnings if "retracing" in w], warnings  # one graph per layer is by design
     for member in members:
         norms = [layer for layer in member.layers if isinstance(layer, keras.layers.BatchNormalization)]
         assert len(norms) == 4
