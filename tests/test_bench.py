@@ -173,3 +173,24 @@ def test_results_page_shows_a_median_wall_time_with_its_range():
     from results_page import wall_time
     assert wall_time({"seconds": 71.5}) == "72"
     assert wall_time({"seconds": 71.5, "seconds_runs": [68.2, 95.1, 71.5]}) == "72 (68-95, 3 runs)"
+
+
+def test_results_page_keeps_second_test_and_random_split_runs_out_of_the_main_table(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    from results_page import accuracy_section
+
+    def row(data, model, accuracy):
+        return {"data": data, "model": model, "variant": "default", "accuracy": accuracy, "macro_f1": accuracy,
+                "test_clips": 10, "seconds": 60.0, "commit": "abc1234"}
+    rows = [row("drums", "ours", 0.81), row("drums", "reference", 0.71), row("drums-check", "ours", 0.82),
+            row("drums-random-split", "ours", 0.97)]
+    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": rows}))
+    lines = accuracy_section(tmp_path)
+    headings = [i for i, line in enumerate(lines) if line.startswith("### ")]
+    main, check, heard = lines[:headings[0]], lines[headings[0]:headings[1]], lines[headings[1]:]
+    assert [line for line in main if line.startswith("| drums")] == [
+        "| drums (10 test clips) | **train_classifier.py** | 0.810 | 0.810 | - | 60 |",
+        "| drums (10 test clips) | seed-style CNN | 0.710 | 0.710 | - | 60 |"]
+    assert check[0].startswith("### Second test") and any(line.startswith("| drums-check ") for line in check)
+    assert heard[0].startswith("### Heard sources") and any(line.startswith("| drums-random-split ") for line in heard)
+    assert not any("drums-check" in line for line in heard)
