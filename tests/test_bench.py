@@ -42,7 +42,9 @@ def test_inversion_benchmark_reconstructs_with_both_methods(tmp_path):
 def test_training_benchmark_steps_the_cgan_as_the_script_does(tmp_path):
     rows = bench(tmp_path, "bench_training.py", "cgan")
     assert [r["unit"] for r in rows] == ["steps/s", "steps/s"] and all(r["ours"] > 0 for r in rows)
-    assert rows[0]["ours"] > rows[1]["ours"]  # the demo's small spectrograms step faster than the defaults'
+    # Which is faster is for the benchmark to show: two timings compared in a test flip when the machine is busy.
+    assert [r["name"] for r in rows] == ["cGAN training, demo settings", "cGAN training, default settings"]
+    assert rows[0]["detail"].startswith("spectrograms 64x") and rows[1]["detail"].startswith("spectrograms 128x")
 
 
 def test_training_benchmark_trains_the_classifier_with_its_scripts_defaults(tmp_path):
