@@ -64,9 +64,10 @@ def main():
         instruments = b.instrument_items(FLUID, "fluid", rng, tmp, per_class=40)
         for name, items, seconds in [("drums", drums, 2.0), ("instruments", instruments, 1.5)]:
             out = root / f"{name}-check"
-            b.write_split(str(out), [], items, rng, seconds)  # test/ and answers.csv only
+            b.write_split(str(out), [], items, rng, seconds)  # test/ and answers.csv only: it prints "0 train clips"
             shutil.rmtree(out / "train", ignore_errors=True)
             (out / "train").symlink_to(root / name / "train", target_is_directory=True)
+            print(f"{out}/train: the dev set's, linked ({root / name / 'train'})")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
