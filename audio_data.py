@@ -59,6 +59,7 @@ class FeatureConfig:
     n_mels: int = 128
     fmin: float = 0.0
     fmax: float | None = None
+    mel_scale: str = "slaney"  # or "htk"; models saved before this field are Slaney
 
     @property
     def n_samples(self) -> int:
@@ -284,8 +285,8 @@ def fix_length(wave: np.ndarray, n: int) -> np.ndarray:
 def log_mel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     """Log-power mel spectrogram in dB, shape (n_mels, n_frames), float32.
 
-    Slaney mel scale and normalisation (librosa's defaults), so torchaudio's
-    InverseMelScale(norm="slaney", mel_scale="slaney") inverts it exactly.
+    Slaney normalisation (librosa's default) on cfg.mel_scale's bands, so torchaudio's
+    InverseMelScale(norm="slaney", mel_scale=cfg.mel_scale) inverts it exactly.
     """
     power = np.abs(librosa.stft(y=wave, n_fft=cfg.n_fft, hop_length=cfg.hop_length)) ** 2
     mel = mel_filterbank(cfg) @ power
@@ -297,8 +298,9 @@ def log_mel(wave: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def mel_filterbank(cfg: FeatureConfig) -> np.ndarray:
-    """librosa's (Slaney) mel filterbank, built once per config instead of once per clip."""
-    return librosa.filters.mel(sr=cfg.sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax)
+    """librosa's mel filterbank, built once per config instead of once per clip."""
+    return librosa.filters.mel(sr=cfg.sr, n_fft=cfg.n_fft, n_mels=cfg.n_mels, fmin=cfg.fmin, fmax=cfg.fmax,
+                               htk=cfg.mel_scale == "htk")
 
 
 def _features_or_reason(args) -> tuple[np.ndarray | None, str | None]:

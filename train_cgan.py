@@ -609,7 +609,7 @@ def mel_to_audio(mels_db: torch.Tensor, cfg: ad.FeatureConfig, gl_iters: int) ->
     n_stft = cfg.n_fft // 2 + 1
     inverse_mel = torchaudio.transforms.InverseMelScale(
         n_stft=n_stft, n_mels=n_mels, sample_rate=cfg.sr, f_min=cfg.fmin, f_max=cfg.fmax,
-        norm="slaney", mel_scale="slaney", driver="gelsd").double()
+        norm="slaney", mel_scale=cfg.mel_scale, driver="gelsd").double()
     griffin_lim = torchaudio.transforms.GriffinLim(
         n_fft=cfg.n_fft, hop_length=cfg.hop_length, power=2.0, n_iter=gl_iters, momentum=0.99)
 

@@ -90,6 +90,9 @@ def parse_args(argv=None):
                    help="STFT hop in samples (1024: 46 ms at 22.05 kHz, half the frames of 512 for two models' time)")
     g.add_argument("--fmin", type=float, default=0.0, help="lowest mel frequency (Hz)")
     g.add_argument("--fmax", type=float, default=None, help="highest mel frequency (Hz; default sr/2)")
+    g.add_argument("--mel-scale", choices=["slaney", "htk"], default="slaney",
+                   help="mel band spacing: slaney is linear up to 1 kHz (about 50 Hz a band at 64 bands); "
+                        "htk is logarithmic from 700 Hz, so its lowest bands are narrower (30 Hz)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=60, help="most epochs; early stopping usually ends sooner")
     g.add_argument("--batch-size", type=int, default=16,
@@ -151,7 +154,7 @@ def parse_args(argv=None):
 
 def feature_config(args) -> ad.FeatureConfig:
     return ad.FeatureConfig(sr=args.sr, duration=args.duration, n_fft=args.n_fft, hop_length=args.hop_length,
-                            n_mels=args.n_mels, fmin=args.fmin, fmax=args.fmax)
+                            n_mels=args.n_mels, fmin=args.fmin, fmax=args.fmax, mel_scale=args.mel_scale)
 
 
 # ----------------------------------------------------------------------------

@@ -215,9 +215,23 @@ def test_classes_left_empty_are_dropped_and_one_class_is_an_error(tmp_path, caps
 
 
 def test_feature_config_round_trips_through_json():
-    cfg = ad.FeatureConfig(sr=8000, duration=1.5, n_mels=20, fmax=3000.0)
+    cfg = ad.FeatureConfig(sr=8000, duration=1.5, n_mels=20, fmax=3000.0, mel_scale="htk")
     assert ad.FeatureConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert cfg.n_samples == 12000 and cfg.n_frames == 1 + math.floor(12000 / 512)
+    saved_before_mel_scale = {k: v for k, v in cfg.to_dict().items() if k != "mel_scale"}
+    assert ad.FeatureConfig.from_dict(saved_before_mel_scale).mel_scale == "slaney"
+
+
+def test_htk_bands_tell_a_kick_from_a_floor_tom_where_slaney_bands_blur_them():
+    """64 Slaney bands at 22.05 kHz are 51 Hz apart below 1 kHz: 40 Hz and 75 Hz share a peak band."""
+    t = np.arange(22050) / 22050
+    peak_band = {}
+    for scale in ("slaney", "htk"):
+        cfg = ad.FeatureConfig(duration=1.0, n_mels=64, mel_scale=scale)
+        peak_band[scale] = [int(ad.log_mel(np.sin(2 * np.pi * f * t).astype(np.float32), cfg).mean(axis=1).argmax())
+                            for f in (40.0, 75.0)]
+    assert peak_band["slaney"][0] == peak_band["slaney"][1]
+    assert peak_band["htk"][0] < peak_band["htk"][1]
 
 
 @pytest.mark.parametrize("amplitude", [0.0, 1e-12, 1e-7])
