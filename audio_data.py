@@ -70,6 +70,11 @@ class FeatureConfig:
         # librosa's centred STFT gives one frame per hop plus one.
         return 1 + self.n_samples // self.hop_length
 
+    def band_centres(self) -> np.ndarray:
+        """Centre frequency (Hz) of every mel band of log_mel's filterbank."""
+        return librosa.mel_frequencies(n_mels=self.n_mels + 2, fmin=self.fmin, fmax=self.fmax or self.sr / 2,
+                                       htk=self.mel_scale == "htk")[1:-1]
+
     def to_dict(self) -> dict:
         return asdict(self)
 

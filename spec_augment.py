@@ -11,7 +11,6 @@ All inputs are (batch, n_mels, n_frames) float32 in dB, as audio_data.log_mel gi
 """
 import math
 
-import librosa
 import numpy as np
 import tensorflow as tf
 
@@ -124,8 +123,7 @@ def _pitch_shift_table(cfg, semitones: float, step: float = 0.1) -> np.ndarray:
     Mel bands are not evenly spaced in Hz, so the mapping is looked up with the
     same band centres audio_data.log_mel uses rather than derived as a shift.
     """
-    centres = librosa.mel_frequencies(n_mels=cfg.n_mels + 2, fmin=cfg.fmin, fmax=cfg.fmax or cfg.sr / 2,
-                                      htk=cfg.mel_scale == "htk")[1:-1]
+    centres = cfg.band_centres()
     steps = np.arange(-semitones, semitones + step / 2, step) if semitones > 0 else np.zeros(1)
     bands = np.arange(cfg.n_mels, dtype=np.float64)
     return np.stack([np.interp(centres / 2 ** (s / 12), centres, bands, left=-1.0, right=cfg.n_mels)

@@ -232,6 +232,9 @@ def test_htk_bands_tell_a_kick_from_a_floor_tom_where_slaney_bands_blur_them():
                             for f in (40.0, 75.0)]
     assert peak_band["slaney"][0] == peak_band["slaney"][1]
     assert peak_band["htk"][0] < peak_band["htk"][1]
+    centres = {scale: ad.FeatureConfig(n_mels=64, mel_scale=scale).band_centres()[:3] for scale in ("slaney", "htk")}
+    np.testing.assert_allclose(centres["slaney"], [51, 102, 154], atol=1)  # the README's figures
+    np.testing.assert_allclose(centres["htk"], [31, 63, 97], atol=1)
 
 
 @pytest.mark.parametrize("amplitude", [0.0, 1e-12, 1e-7])
