@@ -48,6 +48,9 @@ class BadAudio(Exception):
     """One file cannot be used; the message is the reason shown to the user."""
 
 
+MEL_SCALES = ("slaney", "htk")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Everything that decides the features; saved beside every model."""
@@ -60,6 +63,11 @@ class FeatureConfig:
     fmin: float = 0.0
     fmax: float | None = None
     mel_scale: str = "slaney"  # or "htk"; models saved before this field are Slaney
+
+    def __post_init__(self):
+        # librosa and torchaudio read any other name as Slaney's: a typo would go unnoticed.
+        if self.mel_scale not in MEL_SCALES:
+            raise ValueError(f"mel_scale must be one of {', '.join(MEL_SCALES)}, not {self.mel_scale!r}")
 
     @property
     def n_samples(self) -> int:

@@ -90,7 +90,7 @@ def parse_args(argv=None):
                    help="STFT hop in samples (1024: 46 ms at 22.05 kHz, half the frames of 512 for two models' time)")
     g.add_argument("--fmin", type=float, default=0.0, help="lowest mel frequency (Hz)")
     g.add_argument("--fmax", type=float, default=None, help="highest mel frequency (Hz; default sr/2)")
-    g.add_argument("--mel-scale", choices=["slaney", "htk"], default="htk",
+    g.add_argument("--mel-scale", choices=ad.MEL_SCALES, default="htk",
                    help="mel band spacing: slaney is linear up to 1 kHz (about 50 Hz a band at 64 bands), "
                         "htk logarithmic from 700 Hz, with narrower low bands (about 30 Hz) that tell a kick "
                         "from a floor tom; htk beat slaney on drums from unheard kits (docs/RESULTS.md)")

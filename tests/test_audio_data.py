@@ -220,6 +220,8 @@ def test_feature_config_round_trips_through_json():
     assert cfg.n_samples == 12000 and cfg.n_frames == 1 + math.floor(12000 / 512)
     saved_before_mel_scale = {k: v for k, v in cfg.to_dict().items() if k != "mel_scale"}
     assert ad.FeatureConfig.from_dict(saved_before_mel_scale).mel_scale == "slaney"
+    with pytest.raises(ValueError, match="mel_scale must be one of slaney, htk, not 'HTK'"):
+        ad.FeatureConfig.from_dict({**cfg.to_dict(), "mel_scale": "HTK"})
 
 
 def test_htk_bands_tell_a_kick_from_a_floor_tom_where_slaney_bands_blur_them():

@@ -1,4 +1,5 @@
 """train_classifier.py end to end on generated clips, with a tiny config."""
+import json
 import logging
 import signal
 import subprocess
@@ -103,7 +104,6 @@ def run_cli(*args):
 
 
 def test_by_default_two_models_train_on_every_clip_and_no_validation_is_claimed(data, tmp_path, capsys):
-    import json
     tiny_default_ensemble = TINY[:TINY.index("--ensemble")]
     assert tc.main(["--train-dir", str(data / "train"), "--test-dir", str(data / "test"), "--out", str(tmp_path),
                     *tiny_default_ensemble, "--epochs", "2", "--group-regex", "^(.+?)_"]) == 0
@@ -218,7 +218,7 @@ def test_backups_are_written_after_the_first_epoch_then_every_few_seconds_and_wh
         interrupt.on_train_end()  # the Ctrl-C handler it installed
 
 
-@pytest.mark.parametrize("kind", ["lambda_payload", "not_a_model", "foreign_json"])
+@pytest.mark.parametrize("kind", ["lambda_payload", "not_a_model", "foreign_json", "unknown_mel_scale"])
 def test_a_model_file_that_is_not_ours_is_refused_and_nothing_in_it_runs(data, trained, tmp_path, kind):
     import shutil
 
@@ -234,6 +234,11 @@ def test_a_model_file_that_is_not_ours_is_refused_and_nothing_in_it_runs(data, t
         keras.Model(inputs, outputs).save(model)
     elif kind == "not_a_model":
         model.write_text("hello")
+    elif kind == "unknown_mel_scale":  # hand-edited: librosa would silently read it as Slaney's bands
+        shutil.copy(trained / "classifier.keras", model)
+        meta = json.loads((trained / "classifier.json").read_text())
+        meta["features"]["mel_scale"] = "HTK"
+        (tmp_path / "classifier.json").write_text(json.dumps(meta))
     else:
         shutil.copy(trained / "classifier.keras", model)
         (tmp_path / "classifier.json").write_text('{"some": "other file"}')
@@ -251,7 +256,6 @@ def test_no_tensorflow_start_up_noise():
 
 
 def test_folds_train_an_ensemble_with_an_out_of_fold_report(data, tmp_path, capsys):
-    import json
 
     import keras
     assert run(data, tmp_path, "--epochs", "3", "--folds", "3", "--schedule", "cosine") == 0
@@ -287,7 +291,6 @@ def test_ensemble_members_each_get_their_own_random_split():
 
 
 def test_an_ensemble_trains_members_from_different_seeds_and_predicts_with_their_average(data, tmp_path, capsys):
-    import json
 
     import keras
     assert run(data, tmp_path, "--epochs", "3", "--ensemble", "2", *VALIDATED) == 0
