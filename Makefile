@@ -25,9 +25,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) make_demo_data.py --out $(DEMO)
 	$(PY) train_classifier.py --train-dir $(DEMO)/train --test-dir $(DEMO)/test --out $(OUT) \
-		$(DEMO_FEATURES) --epochs 15 $(HELD_OUT)
+		$(DEMO_FEATURES) --epochs 10 $(HELD_OUT)
 	$(PY) score_submission.py $(OUT)/submission_cnn_v2.csv $(DEMO)/test_labels.csv
-	$(PY) train_cgan.py $(DEMO_CGAN) --out $(OUT) --epochs 60 --sample-every 20
+	$(PY) train_cgan.py $(DEMO_CGAN) --out $(OUT) --epochs 45 --sample-every 15
 	$(PY) evaluate_generated.py --model $(OUT)/classifier.keras --generated $(OUT)/generated \
 		--real-dir $(DEMO)/train --out $(OUT)
 

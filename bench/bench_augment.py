@@ -1,6 +1,6 @@
 """Benchmark: augmented log-mel features, ours vs the seed-style per-clip librosa loop.
 
-    python bench/bench_augment.py [--clips 24] [--copies 1 4 15] [--repeats 3]
+    python bench/bench_augment.py [--clips 24] [--copies 1 4 10] [--repeats 3]
 
 Both sides decode every clip once and produce `copies` augmented log-mel
 spectrograms per clip (pitch shift and speed change, as the seed does):
@@ -9,7 +9,7 @@ spectrograms per clip (pitch shift and speed change, as the seed does):
 - ours:  audio_data.extract_features (decode + log-mel) -> SpecAugmenter on whole batches.
 
 Training makes one augmented copy of each clip per epoch, so a training run of
-E epochs is the E-copy row; the goal is judged at the demo's 15 epochs. The
+E epochs is the E-copy row; the goal is judged at the demo's 10 epochs. The
 1-copy row is shown too: there, decoding dominates both sides.
 """
 import tempfile
@@ -59,8 +59,8 @@ def ours(paths, cfg, copies, augment, batch=64):
 def main():
     p = parser(__doc__)
     p.add_argument("--clips", type=int, default=24)
-    p.add_argument("--copies", type=int, nargs="+", default=[1, 4, 15], help="augmented versions of each clip")
-    p.add_argument("--goal-copies", type=int, default=15, help="the row the goal is judged at: the demo's epochs")
+    p.add_argument("--copies", type=int, nargs="+", default=[1, 4, 10], help="augmented versions of each clip")
+    p.add_argument("--goal-copies", type=int, default=10, help="the row the goal is judged at: the demo's epochs")
     args = p.parse_args()
     cfg = ad.FeatureConfig()  # the scripts' defaults: 22.05 kHz, 4 s, 128 mels
     rng = np.random.default_rng(0)

@@ -28,7 +28,7 @@ PICTURES = {  # file in the demo's outputs -> caption
 }
 GENERATION_ROWS = [  # (label, report file under docs/results, key in it)
     ("real clips the classifier never trained on", "generation_report.json", "real_held_out"),
-    ("cGAN after the demo's 60 epochs", "generation_report.json", "generated"),
+    ("cGAN after the demo's 45 epochs", "generation_report.json", "generated"),
     ("the same cGAN untrained (initial weights)", "generation_report_untrained.json", "generated"),
 ]
 
