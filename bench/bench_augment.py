@@ -1,6 +1,6 @@
 """Benchmark: augmented log-mel features, ours vs the seed-style per-clip librosa loop.
 
-    python bench/bench_augment.py [--clips 24] [--copies 1 4 10] [--repeats 3]
+    python bench/bench_augment.py [--clips 12] [--copies 1 4 10] [--repeats 3]
 
 Both sides decode every clip once and produce `copies` augmented log-mel
 spectrograms per clip (pitch shift and speed change, as the seed does):
@@ -58,7 +58,7 @@ def ours(paths, cfg, copies, augment, batch=64):
 
 def main():
     p = parser(__doc__)
-    p.add_argument("--clips", type=int, default=24)
+    p.add_argument("--clips", type=int, default=12)
     p.add_argument("--copies", type=int, nargs="+", default=[1, 4, 10], help="augmented versions of each clip")
     p.add_argument("--goal-copies", type=int, default=10, help="the row the goal is judged at: the demo's epochs")
     args = p.parse_args()

@@ -23,7 +23,7 @@ SETTINGS = {  # name -> (feature settings, clips per timed epoch); None: train_c
     "classifier": {"demo": (dict(sr=16000, duration=1.5, n_mels=64, n_fft=1024, hop_length=256), 192),
                    "default": (None, 96)},
     "cgan": {"demo": (dict(sr=16000, duration=1.0, n_mels=64, n_fft=1024, hop_length=256), 8 * BATCH),
-             "default": (dict(sr=22050, duration=2.0, n_mels=128, n_fft=1024, hop_length=256), 3 * BATCH)},
+             "default": (dict(sr=22050, duration=2.0, n_mels=128, n_fft=1024, hop_length=256), 2 * BATCH)},
 }
 
 
