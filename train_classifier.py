@@ -46,6 +46,8 @@ from cnn_model import build_cnn  # noqa: E402
 from spec_augment import AUGMENTATIONS, SpecAugmenter, mixup  # noqa: E402
 
 SUBMISSION = "submission_cnn_v2.csv"
+TEST_PROBABILITIES = "test_probabilities.csv"  # for blending runs, as Kaggle ensembles do
+VALIDATION_PROBABILITIES = "validation_probabilities.csv"  # out of fold with --folds: for stacking
 # All but pitch shift and speed change: see docs/RESULTS.md's ablation table.
 DEFAULT_AUGMENTATIONS = [a for a in AUGMENTATIONS if a not in ("pitch", "speed")]
 # Early stopping and learning-rate plateaus count epochs. On a few dozen clips an epoch
@@ -534,8 +536,14 @@ def plot_confusion(y, pred, classes, path, title, ylabel="true class", xlabel="p
     plt.close(fig)
 
 
-def report_validation(y, pred, classes, out: Path) -> dict:
-    """Per-class precision/recall/F1 and the confusion matrix of validation predictions."""
+def report_validation(y, probs, classes, paths, out: Path) -> dict:
+    """Per-class precision/recall/F1, the confusion matrix and the class probabilities of the validation clips."""
+    table = pd.DataFrame(probs, columns=classes)
+    table.insert(0, "Class", np.array(classes, dtype=object)[y])
+    table.insert(0, "file", paths)
+    with ad.atomic_output(out / VALIDATION_PROBABILITIES) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6f")
+    pred = probs.argmax(axis=1)
     text = classification_report(y, pred, labels=range(len(classes)), target_names=classes, digits=3, zero_division=0)
     with ad.atomic_output(out / "classification_report.txt") as tmp:
         tmp.write_text(text)
@@ -588,10 +596,10 @@ def natural_key(text: str):
 
 
 def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
-    """Write the submission: one row for every audio file in the test folder.
+    """Write the submission and the class probabilities: one row for every audio file in the test folder.
 
     A file that cannot be decoded still gets a row, with the most frequent
-    training class, and a warning naming it.
+    training class (and no probabilities), and a warning naming it.
     """
     test_dir = Path(args.test_dir)
     if not test_dir.is_dir():
@@ -604,6 +612,7 @@ def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
     classes = meta["classes"]
     fallback = classes[int(np.argmax(meta["train_counts"]))]
     predicted = np.full(len(paths), fallback, dtype=object)
+    probs = np.full((len(paths), len(classes)), np.nan, dtype=np.float32)
     ok_rows = np.flatnonzero(feats.ok)
     if args.test_bn == "test":
         if len(ok_rows) >= MIN_CLIPS_TO_ADAPT:
@@ -613,15 +622,18 @@ def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
                     "predicting with the training clips' batch-norm statistics")
     if len(ok_rows):
         augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations) if args.tta > 1 else None
-        probs = predict_rows(model, feats.x, ok_rows, args.batch_size, augmenter, args.tta, args.seed)
-        predicted[ok_rows] = np.array(classes, dtype=object)[probs.argmax(axis=1)]
+        probs[ok_rows] = predict_rows(model, feats.x, ok_rows, args.batch_size, augmenter, args.tta, args.seed)
+        predicted[ok_rows] = np.array(classes, dtype=object)[probs[ok_rows].argmax(axis=1)]
     for i in sorted(feats.skipped):
         ad.warn(f"{paths[i]} could not be decoded: predicted the most frequent class '{fallback}'")
     ids = [p.relative_to(test_dir).as_posix() for p in paths]
     if args.drop_extension:
         ids = [str(Path(i).with_suffix("")) for i in ids]
-    submission = pd.DataFrame({"ID": ids, "Class": predicted})
-    submission = submission.sort_values("ID", key=lambda s: s.map(natural_key)).reset_index(drop=True)
+    order = sorted(range(len(ids)), key=lambda i: natural_key(ids[i]))
+    submission = pd.DataFrame({"ID": ids, "Class": predicted}).iloc[order]
+    probabilities = pd.concat([submission.ID, pd.DataFrame(probs, columns=classes).iloc[order]], axis=1)
+    with ad.atomic_output(Path(args.out) / TEST_PROBABILITIES) as tmp:
+        probabilities.to_csv(tmp, index=False, float_format="%.6f")
     with ad.atomic_output(Path(args.out) / SUBMISSION) as tmp:
         submission.to_csv(tmp, index=False)
     return Path(args.out) / SUBMISSION, len(paths), len(feats.skipped)
@@ -651,7 +663,7 @@ def run(args):
     if args.model:
         model, meta = load_saved_model(args.model)
         path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)
-        print(f"wrote {path}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
+        print(f"wrote {path} and {TEST_PROBABILITIES}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
         return
 
     cfg = feature_config(args)
@@ -665,7 +677,7 @@ def run(args):
     state = out / "train_state"
     settings = {k: v for k, v in vars(args).items() if k not in ("workers", "train_only", "test_dir", "drop_extension")}
     prepare_state_dir(state, {**settings, "features": cfg.to_dict(), "n_clips": len(y)})
-    models, histories, val_pred = [], [], {}
+    models, histories, val_probs = [], [], {}
     member = "fold" if args.folds > 1 else "model"  # what history.csv and the plot call each of several
     for k, (train_idx, val_idx) in enumerate(splits):
         fold_state = state / f"fold_{k}" if len(splits) > 1 else state
@@ -683,15 +695,17 @@ def run(args):
         history = pd.read_csv(fold_state / "history.csv").drop_duplicates("epoch", keep="last")
         histories.append(history.assign(**{member: k + 1}))
         if len(val_idx):
-            val_pred.update(zip(val_idx, predict_rows(model, x, rows[val_idx], args.batch_size).argmax(axis=1)))
+            val_probs.update(zip(val_idx, predict_rows(model, x, rows[val_idx], args.batch_size)))
     model = models[0] if len(models) == 1 else ensemble(models)
 
     history = pd.concat(histories, ignore_index=True)
     with ad.atomic_output(out / "history.csv") as tmp:
         history.to_csv(tmp, index=False)
     plot_history(history, out / "training_curves.png", member)
-    val_idx = np.array(sorted(val_pred), dtype=int)
-    scores = report_validation(y[val_idx], np.array([val_pred[i] for i in val_idx]), classes, out) if len(val_idx) else {}
+    val_idx = np.array(sorted(val_probs), dtype=int)
+    scores = (report_validation(y[val_idx], np.array([val_probs[i] for i in val_idx]), classes,
+                                  [Path(os.path.relpath(paths[i], args.train_dir)).as_posix() for i in val_idx], out)
+              if len(val_idx) else {})
     meta = {"classes": classes, "features": cfg.to_dict(), "train_counts": np.bincount(y).tolist(),
             "epochs_run": int(history.groupby(member).size().max()), "models": len(models), **scores,
             # Clips the model never trained on: a fair reference for evaluate_generated.py (none for an
@@ -701,7 +715,8 @@ def run(args):
     shutil.rmtree(state, ignore_errors=True)
 
     print(f"\nsaved {model_path} (+ classifier.json), history.csv, training_curves.png"
-          + (", confusion_matrix.png, classification_report.txt" if scores else "") + f" in {out}")
+          + (", confusion_matrix.png, classification_report.txt, validation_probabilities.csv" if scores else "")
+          + f" in {out}")
     if scores:
         held_out = " (out of fold)" if args.folds > 1 else " (each clip by a member that did not train on it)"
         print(f"validation{held_out if len(models) > 1 else ''}: accuracy {scores['val_accuracy']:.3f}, "
@@ -711,7 +726,7 @@ def run(args):
               "with --group-regex to hold out whole sources, or --folds K give a score)")
     if not args.train_only:
         path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)
-        print(f"wrote {path}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
+        print(f"wrote {path} and {TEST_PROBABILITIES}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
     print(f"done in {time.time() - start:.0f} s")
 
 

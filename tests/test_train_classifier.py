@@ -62,6 +62,26 @@ def test_undecodable_test_files_get_the_most_frequent_class(trained):
     assert sub.loc["13.wav", "Class"] == sub.loc["14.wav", "Class"] == "high"  # ties: first class in order
 
 
+def test_class_probabilities_of_the_test_files_match_the_submission(trained):
+    sub = pd.read_csv(trained / "submission_cnn_v2.csv", dtype=str)
+    probs = pd.read_csv(trained / "test_probabilities.csv", dtype={"ID": str})
+    assert list(probs.columns) == ["ID", *sorted(CLASSES)] and list(probs.ID) == list(sub.ID)
+    decoded = probs.set_index("ID").drop(["13.wav", "14.wav"])
+    assert np.allclose(decoded.sum(axis=1), 1.0, atol=1e-4)
+    assert list(decoded.idxmax(axis=1)) == list(sub.set_index("ID").Class.drop(["13.wav", "14.wav"]))
+    assert probs.set_index("ID").loc[["13.wav", "14.wav"]].isna().all().all()  # undecodable: no probabilities
+
+
+def test_class_probabilities_of_the_validation_clips_match_the_report(data, trained):
+    probs = pd.read_csv(trained / "validation_probabilities.csv")
+    meta = json.loads((trained / "classifier.json").read_text())
+    assert list(probs.columns) == ["file", "Class", *sorted(CLASSES)]
+    assert sorted(str((data / "train" / f).resolve()) for f in probs.file) == sorted(meta["validation_files"])
+    assert all(f.split("/")[0] == c for f, c in zip(probs.file, probs.Class))  # the true class: its folder
+    accuracy = (probs[sorted(CLASSES)].idxmax(axis=1) == probs.Class).mean()
+    assert accuracy == pytest.approx(meta["val_accuracy"])
+
+
 def test_a_learnable_set_is_learned(data, trained):
     sub = pd.read_csv(trained / "submission_cnn_v2.csv", dtype=str).set_index("ID")["Class"]
     key = pd.read_csv(data / "key.csv", dtype=str)
@@ -115,7 +135,7 @@ def test_by_default_two_models_train_on_every_clip_and_no_validation_is_claimed(
     meta = json.loads((tmp_path / "classifier.json").read_text())
     assert meta["validation_files"] == [] and "val_accuracy" not in meta
     assert pd.read_csv(tmp_path / "history.csv").filter(like="val_").isna().all().all()
-    assert not (tmp_path / "confusion_matrix.png").exists()
+    assert not (tmp_path / "confusion_matrix.png").exists() and not (tmp_path / "validation_probabilities.csv").exists()
     assert len(pd.read_csv(tmp_path / "submission_cnn_v2.csv")) == 14
 
 
@@ -267,6 +287,8 @@ def test_folds_train_an_ensemble_with_an_out_of_fold_report(data, tmp_path, caps
     # Every training clip was validated once, by the member that did not train on it.
     report = (tmp_path / "classification_report.txt").read_text()
     assert f"{3 * 16}" in report.split("accuracy")[1].split("\n")[0]
+    out_of_fold = pd.read_csv(tmp_path / "validation_probabilities.csv")
+    assert len(out_of_fold) == out_of_fold.file.nunique() == 3 * 16
     model = keras.models.load_model(tmp_path / "classifier.keras", safe_mode=True)
     assert [layer.name for layer in model.layers if isinstance(layer, keras.Model)] == ["cnn_0", "cnn_1", "cnn_2"]
     assert len(pd.read_csv(tmp_path / "submission_cnn_v2.csv")) == 14
