@@ -595,7 +595,7 @@ def natural_key(text: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
 
 
-def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
+def predict_folder(model, meta: dict, args, cache_dir) -> None:
     """Write the submission and the class probabilities: one row for every audio file in the test folder.
 
     A file that cannot be decoded still gets a row, with the most frequent
@@ -636,7 +636,8 @@ def predict_folder(model, meta: dict, args, cache_dir) -> tuple[Path, int, int]:
         probabilities.to_csv(tmp, index=False, float_format="%.6f")
     with ad.atomic_output(Path(args.out) / SUBMISSION) as tmp:
         submission.to_csv(tmp, index=False)
-    return Path(args.out) / SUBMISSION, len(paths), len(feats.skipped)
+    print(f"wrote {Path(args.out) / SUBMISSION} and {TEST_PROBABILITIES}: {len(paths)} rows "
+          f"({len(feats.skipped)} undecodable, given the fallback class)")
 
 
 # ----------------------------------------------------------------------------
@@ -662,8 +663,7 @@ def run(args):
     set_up_device(args)
     if args.model:
         model, meta = load_saved_model(args.model)
-        path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)
-        print(f"wrote {path} and {TEST_PROBABILITIES}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
+        predict_folder(model, meta, args, cache_dir)
         return
 
     cfg = feature_config(args)
@@ -725,8 +725,7 @@ def run(args):
         print(f"no validation: every clip trained the model{'s' if len(models) > 1 else ''} (--val-split 0.2, "
               "with --group-regex to hold out whole sources, or --folds K give a score)")
     if not args.train_only:
-        path, n_test, n_bad = predict_folder(model, meta, args, cache_dir)
-        print(f"wrote {path} and {TEST_PROBABILITIES}: {n_test} rows ({n_bad} undecodable, given the fallback class)")
+        predict_folder(model, meta, args, cache_dir)
     print(f"done in {time.time() - start:.0f} s")
 
 
