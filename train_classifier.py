@@ -715,7 +715,7 @@ def run(args):
     shutil.rmtree(state, ignore_errors=True)
 
     print(f"\nsaved {model_path} (+ classifier.json), history.csv, training_curves.png"
-          + (", confusion_matrix.png, classification_report.txt, validation_probabilities.csv" if scores else "")
+          + (f", confusion_matrix.png, classification_report.txt, {VALIDATION_PROBABILITIES}" if scores else "")
           + f" in {out}")
     if scores:
         held_out = " (out of fold)" if args.folds > 1 else " (each clip by a member that did not train on it)"
