@@ -1,12 +1,14 @@
 """Score a submission CSV against an answer key (both ID,Class), as a competition would.
 
-    python score_submission.py outputs/submission_cnn_v2.csv data/demo/test_labels.csv
+    python score_submission.py outputs/submission_cnn_v2.csv data/demo/test_labels.csv [--report]
 """
 import argparse
 import sys
 
 import pandas as pd
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, classification_report
+
+MISSING = "(missing)"
 
 
 def aligned(submission_csv, key_csv) -> tuple[pd.Series, pd.Series]:
@@ -22,13 +24,31 @@ def score(submission_csv, key_csv) -> tuple[float, int]:
     return accuracy_score(true, predicted), int((predicted == "").sum())
 
 
-def main():
+def confusions(true: pd.Series, predicted: pd.Series, top: int = 10) -> pd.Series:
+    """The commonest mistakes: clips per (true, predicted) pair among the wrong predictions."""
+    wrong = true != predicted
+    pairs = pd.Series(list(zip(true[wrong], predicted[wrong].replace("", MISSING))), dtype=object)
+    return pairs.value_counts().head(top)
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("submission")
     p.add_argument("answer_key")
-    args = p.parse_args()
-    accuracy, missing = score(args.submission, args.answer_key)
+    p.add_argument("--report", action="store_true",
+                   help="also per-class precision, recall and F1, and the commonest confusions")
+    args = p.parse_args(argv)
+    try:
+        accuracy, missing = score(args.submission, args.answer_key)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, KeyError) as e:
+        p.error(f"both files must be CSV with columns ID and Class ({type(e).__name__}: {e})")
     print(f"test accuracy: {accuracy:.3f}" + (f" ({missing} IDs missing from the submission)" if missing else ""))
+    if args.report:
+        true, predicted = aligned(args.submission, args.answer_key)
+        print(classification_report(true, predicted, labels=sorted(true.unique()), digits=3, zero_division=0))
+        print("commonest confusions (true -> predicted: clips):")
+        for (t, pred), n in confusions(true, predicted).items():
+            print(f"  {t} -> {pred}: {n}")
     return 0
 
 
