@@ -20,7 +20,10 @@ def aligned(submission_csv, key_csv) -> tuple[pd.Series, pd.Series]:
 
 def score(submission_csv, key_csv) -> tuple[float, int]:
     """Accuracy over the answer key's IDs; an ID missing from the submission counts as wrong."""
-    true, predicted = aligned(submission_csv, key_csv)
+    return accuracy_and_missing(*aligned(submission_csv, key_csv))
+
+
+def accuracy_and_missing(true: pd.Series, predicted: pd.Series) -> tuple[float, int]:
     return accuracy_score(true, predicted), int((predicted == "").sum())
 
 
@@ -39,12 +42,12 @@ def main(argv=None):
                    help="also per-class precision, recall and F1, and the commonest confusions")
     args = p.parse_args(argv)
     try:
-        accuracy, missing = score(args.submission, args.answer_key)
+        true, predicted = aligned(args.submission, args.answer_key)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, KeyError) as e:
         p.error(f"both files must be CSV with columns ID and Class ({type(e).__name__}: {e})")
+    accuracy, missing = accuracy_and_missing(true, predicted)
     print(f"test accuracy: {accuracy:.3f}" + (f" ({missing} IDs missing from the submission)" if missing else ""))
     if args.report:
-        true, predicted = aligned(args.submission, args.answer_key)
         print(classification_report(true, predicted, labels=sorted(true.unique()), digits=3, zero_division=0))
         print("commonest confusions (true -> predicted: clips):")
         for (t, pred), n in confusions(true, predicted).items():
