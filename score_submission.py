@@ -27,11 +27,12 @@ def accuracy_and_missing(true: pd.Series, predicted: pd.Series) -> tuple[float, 
     return accuracy_score(true, predicted), int((predicted == "").sum())
 
 
-def confusions(true: pd.Series, predicted: pd.Series, top: int = 10) -> pd.Series:
-    """The commonest mistakes: clips per (true, predicted) pair among the wrong predictions."""
+def confusions(true: pd.Series, predicted: pd.Series, top: int = 10) -> pd.DataFrame:
+    """The commonest mistakes: clips per (true, predicted) pair among the wrong predictions, ties by name."""
     wrong = true != predicted
-    pairs = pd.Series(list(zip(true[wrong], predicted[wrong].replace("", MISSING))), dtype=object)
-    return pairs.value_counts().head(top)
+    pairs = pd.DataFrame({"true": true[wrong], "predicted": predicted[wrong].replace("", MISSING)})
+    counts = pairs.value_counts().rename("clips").reset_index()
+    return counts.sort_values(["clips", "true", "predicted"], ascending=[False, True, True]).head(top)
 
 
 def main(argv=None):
@@ -50,8 +51,8 @@ def main(argv=None):
     if args.report:
         print(classification_report(true, predicted, labels=sorted(true.unique()), digits=3, zero_division=0))
         print("commonest confusions (true -> predicted: clips):")
-        for (t, pred), n in confusions(true, predicted).items():
-            print(f"  {t} -> {pred}: {n}")
+        for row in confusions(true, predicted).itertuples():
+            print(f"  {row.true} -> {row.predicted}: {row.clips}")
     return 0
 
 
