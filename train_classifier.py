@@ -57,6 +57,8 @@ MIN_STEPS_PER_EPOCH = 8
 # Batch-norm statistics after training are measured on an epoch of training clips, or this many at most:
 # a few thousand pin them down, more would only cost memory and time.
 BN_STATISTICS_CLIPS = 2048
+# ... and at most this much of one layer's activations (1,500 clips of 4 s at 128 mels, width 16).
+BN_STATISTICS_BYTES = 2**30
 # Fewer test clips than this give batch-norm statistics too noisy to predict with (--test-bn test).
 MIN_CLIPS_TO_ADAPT = 50
 # A killed run loses at most this much training (plus the epoch in progress): writing a backup takes
@@ -309,11 +311,21 @@ def predict_rows(model, x, rows, batch_size, augmenter=None, copies=1, seed=0):
     return probs / copies
 
 
-def channel_sums(layers_before, batch):
-    """Positions, sum and sum of squares per channel of what `layers_before` makes of `batch`."""
-    a = layers_before(batch, training=False)
+def outputs_and_channel_sums(segment, batch):
+    """What `segment` makes of `batch`, and its positions, sum and sum of squares per channel."""
+    a = segment(batch, training=False)
     positions = tf.size(a) // tf.shape(a)[-1]  # per channel, as an integer: exact at any size
-    return positions, tf.reduce_sum(a, [0, 1, 2]), tf.reduce_sum(tf.square(a), [0, 1, 2])
+    return a, positions, tf.reduce_sum(a, [0, 1, 2]), tf.reduce_sum(tf.square(a), [0, 1, 2])
+
+
+def first_clips(batches: tf.data.Dataset, limit: int) -> list[np.ndarray]:
+    """The first `limit` clips of a batched dataset, as a list of batches."""
+    taken = []
+    for batch in batches:
+        taken.append(np.asarray(batch)[: limit - sum(map(len, taken))])
+        if sum(map(len, taken)) >= limit:
+            break
+    return taken
 
 
 def set_batch_norm_statistics(model, clips: tf.data.Dataset):
@@ -328,18 +340,32 @@ def set_batch_norm_statistics(model, clips: tf.data.Dataset):
     in BatchNorm"). Before predicting, with --test-bn test: measured on the test
     clips themselves, which undoes much of the shift when those were recorded with
     other instruments or equipment than the training clips (AdaBN: Li et al., 2016).
+
+    Each layer's inputs are kept to make the next layer's, so the clips pass through
+    the network once, not once per layer; at most BN_STATISTICS_BYTES of them, which
+    limits the clips measured only for long, finely resolved spectrograms.
     """
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]  # an ensemble's CNNs
     for member in members:
-        for bn in [layer for layer in member.layers if isinstance(layer, layers.BatchNormalization)]:
+        norms = [layer for layer in member.layers if isinstance(layer, layers.BatchNormalization)]
+        widest = max(math.prod(bn.input.shape[1:]) * np.dtype(bn.input.dtype).itemsize for bn in norms)
+        inputs = first_clips(clips, max(1, BN_STATISTICS_BYTES // widest))
+        start = member.input
+        for bn in norms:
             # A partial, not a closure: tf.function counts traces per code object, and one
             # closure traced once per layer would draw its "frequent retracing" warning.
-            sums = tf.function(functools.partial(channel_sums, keras.Model(member.input, bn.input)),
-                               input_signature=[tf.TensorSpec(member.input.shape, tf.float32)])
-            n, total, total_sq = (sum(np.asarray(s, np.float64) for s in part) for part in zip(*map(sums, clips)))
+            segment = tf.function(functools.partial(outputs_and_channel_sums, keras.Model(start, bn.input)),
+                                  input_signature=[tf.TensorSpec(start.shape, start.dtype)])
+            n, total, total_sq = 0, 0.0, 0.0
+            for i, batch in enumerate(inputs):
+                out, positions, s, s2 = segment(batch)
+                inputs[i] = out.numpy()
+                n += int(positions)
+                total, total_sq = total + np.asarray(s, np.float64), total_sq + np.asarray(s2, np.float64)
             mean = total / n
             bn.moving_mean.assign(mean)
             bn.moving_variance.assign(np.maximum(total_sq / n - mean**2, 0.0))
+            start = bn.input
 
 
 def feature_stats(x, rows, top_db=None, chunk=512):

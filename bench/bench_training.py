@@ -9,6 +9,10 @@ with its script's default model, batch size and augmentation (read from its
 argument parser, so the rows follow the defaults); the cGAN with width 32 and
 batch size 32. Each figure is the median over timed epochs, after a warm-up
 epoch that pays for graph tracing and memory allocation.
+
+The classifier's rows also time the batch-norm statistics it measures after
+training (clips/s), beside measuring each layer from the input, as it did before
+it kept each layer's inputs for the next.
 """
 import statistics
 import time
@@ -19,6 +23,7 @@ from common import parser, report, row
 import audio_data as ad
 
 BATCH = 32  # the cGAN's
+BN_CLIPS = 512  # clips whose batch-norm statistics are measured
 SETTINGS = {  # name -> (feature settings, clips per timed epoch); None: train_classifier.py's defaults
     "classifier": {"demo": (dict(sr=16000, duration=1.5, n_mels=64, n_fft=1024, hop_length=256), 192),
                    "default": (None, 96)},
@@ -66,6 +71,40 @@ def classifier_epoch_seconds(cfg, d, steps, repeats):
     return statistics.median(timer.times[1:])
 
 
+def channel_sums(layers_before, batch):
+    import tensorflow as tf
+    a = layers_before(batch, training=False)
+    return tf.size(a) // tf.shape(a)[-1], tf.reduce_sum(a, [0, 1, 2]), tf.reduce_sum(tf.square(a), [0, 1, 2])
+
+
+def batch_norm_statistics_per_layer_from_input(model, clips):
+    """The baseline: each batch-norm layer measured by running its clips from the input, layer after layer."""
+    import functools
+
+    import keras
+    import tensorflow as tf
+    for bn in [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]:
+        sums = tf.function(functools.partial(channel_sums, keras.Model(model.input, bn.input)),
+                           input_signature=[tf.TensorSpec(model.input.shape, tf.float32)])
+        n, total, total_sq = (sum(np.asarray(s, np.float64) for s in part) for part in zip(*map(sums, clips)))
+        bn.moving_mean.assign(total / n)
+        bn.moving_variance.assign(np.maximum(total_sq / n - (total / n) ** 2, 0.0))
+
+
+def batch_norm_statistics_rates(cfg, d, n_clips, repeats):
+    """Clips/s of train_classifier.py's batch-norm statistics and of the per-layer baseline (median of pairs)."""
+    import tensorflow as tf
+    from cnn_model import build_cnn
+    from common import paired_seconds
+    from train_classifier import set_batch_norm_statistics
+    x, _ = fake_log_mels(n_clips, cfg, 6, np.random.default_rng(0))
+    model = build_cnn(cfg.n_mels, cfg.n_frames, 6, -60.0, 100.0, d.width, dropout=d.dropout, level=d.level, top_db=d.top_db)
+    clips = tf.data.Dataset.from_tensor_slices(x).batch(256)
+    base_s, ours_s, speedup, _, _ = paired_seconds(batch_norm_statistics_per_layer_from_input, set_batch_norm_statistics,
+                                                   repeats, model, clips)
+    return n_clips / ours_s, n_clips / base_s, speedup
+
+
 def cgan_epoch_seconds(cfg, steps, repeats):
     import torch
     import train_cgan
@@ -104,6 +143,10 @@ def main():
                             if d.augment > 0 else "no augmentation") + (f", mixup {d.mixup:g}" if d.mixup > 0 else "")
             rows.append(row(f"classifier training, {name} settings", rate, "samples/s",
                             detail=f"input {shape}, width {d.width}, batch {d.batch_size}, {augmentation}"))
+            ours, base, speedup = batch_norm_statistics_rates(cfg, d, BN_CLIPS, args.repeats)
+            rows.append(row(f"classifier batch-norm statistics after training, {name} settings", ours, "clips/s",
+                            baseline=base, ratio=speedup,
+                            detail=f"input {shape}, {BN_CLIPS} clips; baseline: each layer measured from the input"))
         else:
             steps = clips // BATCH
             rate = steps / cgan_epoch_seconds(cfg, steps, args.repeats)

@@ -413,6 +413,21 @@ def test_batch_norm_statistics_re_estimated_on_test_clips_normalise_them_layer_b
         np.testing.assert_array_equal(before, after.numpy())  # only the statistics change
 
 
+def test_batch_norm_statistics_hold_at_most_their_memory_budget_of_activations(monkeypatch):
+    import keras
+
+    from cnn_model import build_cnn
+    model = build_cnn(8, 6, 3, -40.0, 100.0, width=4, blocks=2)
+    x = np.random.default_rng(1).uniform(-60, 0, (70, 8, 6)).astype(np.float32)
+    widest = 8 * 6 * 4 * 4  # the first block's activations of one clip, in bytes
+    monkeypatch.setattr(tc, "BN_STATISTICS_BYTES", 20 * widest + widest // 2)
+    tc.set_batch_norm_statistics(model, tc.tf.data.Dataset.from_tensor_slices(x).batch(16))
+    for bn in [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]:
+        seen = keras.Model(model.input, bn.input).predict(x[:20], verbose=0)  # the first 20 clips, not all 70
+        np.testing.assert_allclose(bn.moving_mean.numpy(), seen.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), seen.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+
+
 def test_training_ends_with_the_batch_norm_statistics_of_its_clips_under_the_final_weights(data, tmp_path):
     import keras
 
