@@ -315,7 +315,8 @@ def outputs_and_channel_sums(segment, batch):
     """What `segment` makes of `batch`, and its positions, sum and sum of squares per channel."""
     a = segment(batch, training=False)
     positions = tf.size(a) // tf.shape(a)[-1]  # per channel, as an integer: exact at any size
-    return a, positions, tf.reduce_sum(a, [0, 1, 2]), tf.reduce_sum(tf.square(a), [0, 1, 2])
+    wide = tf.cast(a, tf.float32)  # under --mixed-precision a float16 sum of squares overflows
+    return a, positions, tf.reduce_sum(wide, [0, 1, 2]), tf.reduce_sum(tf.square(wide), [0, 1, 2])
 
 
 def first_clips(batches: tf.data.Dataset, limit: int) -> list[np.ndarray]:

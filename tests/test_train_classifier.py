@@ -428,6 +428,24 @@ def test_batch_norm_statistics_hold_at_most_their_memory_budget_of_activations(m
         np.testing.assert_allclose(bn.moving_variance.numpy(), seen.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
 
 
+def test_batch_norm_statistics_stay_finite_under_mixed_precision():
+    import keras
+
+    from cnn_model import build_cnn
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:  # normalised inputs of about -600: their float16 squares overflow (float16 ends at 65504)
+        model = build_cnn(8, 6, 3, 0.0, 0.01, width=4, blocks=2, level="dataset")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = np.random.default_rng(2).uniform(-60, -50, (64, 8, 6)).astype(np.float32)
+    tc.set_batch_norm_statistics(model, tc.tf.data.Dataset.from_tensor_slices(x).batch(32))
+    for bn in [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]:
+        assert bn.input.dtype == "float16"
+        seen = keras.Model(model.input, bn.input).predict(x, verbose=0).astype(np.float64)
+        np.testing.assert_allclose(bn.moving_mean.numpy(), seen.mean(axis=(0, 1, 2)), rtol=1e-2, atol=1e-2)
+        np.testing.assert_allclose(bn.moving_variance.numpy(), seen.var(axis=(0, 1, 2)), rtol=1e-2, atol=1e-2)
+
+
 def test_training_ends_with_the_batch_norm_statistics_of_its_clips_under_the_final_weights(data, tmp_path):
     import keras
 
