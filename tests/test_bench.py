@@ -50,8 +50,12 @@ def test_training_benchmark_steps_the_cgan_as_the_script_does(tmp_path):
 def test_training_benchmark_trains_the_classifier_with_its_scripts_defaults(tmp_path):
     import train_classifier
     defaults = train_classifier.parse_args([])
-    rows = bench(tmp_path, "bench_training.py", "classifier")
-    assert [r["unit"] for r in rows] == ["samples/s", "samples/s"] and all(r["ours"] > 0 for r in rows)
+    rows = bench(tmp_path, "bench_training.py", "classifier", "--bn-clips", "40")
+    assert [r["unit"] for r in rows] == ["samples/s", "clips/s", "samples/s"] and all(r["ours"] > 0 for r in rows)
+    # The batch-norm row times two ways to the same statistics: one pass, and each layer from the input.
+    statistics = rows.pop(1)
+    assert statistics["baseline"] > 0 and statistics["statistics_max_difference"] < 1e-4
+    assert "40 clips" in statistics["detail"]
     # The rows describe the settings they ran, and those follow the script's defaults.
     for r in rows:
         assert f"width {defaults.width}, batch {defaults.batch_size}," in r["detail"], r["detail"]
