@@ -70,22 +70,20 @@ def classifier_epoch_seconds(cfg, d, steps, repeats):
     return statistics.median(timer.times[1:])
 
 
-def channel_sums(layers_before, batch):
-    import tensorflow as tf
-    a = layers_before(batch, training=False)
-    return tf.size(a) // tf.shape(a)[-1], tf.reduce_sum(a, [0, 1, 2]), tf.reduce_sum(tf.square(a), [0, 1, 2])
-
-
 def batch_norm_statistics_per_layer_from_input(model, clips):
     """The baseline: each batch-norm layer measured by running its clips from the input, layer after layer."""
     import functools
 
     import keras
     import tensorflow as tf
+    from train_classifier import outputs_and_channel_sums
     for bn in [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]:
-        sums = tf.function(functools.partial(channel_sums, keras.Model(model.input, bn.input)),
+        sums = tf.function(functools.partial(outputs_and_channel_sums, keras.Model(model.input, bn.input)),
                            input_signature=[tf.TensorSpec(model.input.shape, tf.float32)])
-        n, total, total_sq = (sum(np.asarray(s, np.float64) for s in part) for part in zip(*map(sums, clips)))
+        n, total, total_sq = 0, 0.0, 0.0
+        for batch in clips:
+            _, positions, s, s2 = sums(batch)
+            n, total, total_sq = n + int(positions), total + np.asarray(s, np.float64), total_sq + np.asarray(s2, np.float64)
         bn.moving_mean.assign(total / n)
         bn.moving_variance.assign(np.maximum(total_sq / n - (total / n) ** 2, 0.0))
 
