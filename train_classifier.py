@@ -321,10 +321,11 @@ def outputs_and_channel_sums(segment, batch):
 
 def first_clips(batches: tf.data.Dataset, limit: int) -> list[np.ndarray]:
     """The first `limit` clips of a batched dataset, as a list of batches."""
-    taken = []
+    taken, n = [], 0
     for batch in batches:
-        taken.append(np.asarray(batch)[: limit - sum(map(len, taken))])
-        if sum(map(len, taken)) >= limit:
+        taken.append(np.asarray(batch)[: limit - n])
+        n += len(taken[-1])
+        if n >= limit:
             break
     return taken
 
