@@ -9,15 +9,15 @@ spectrograms per clip (pitch shift and speed change, as the seed does):
 - ours:  audio_data.extract_features (decode + log-mel) -> SpecAugmenter on whole batches.
 
 Training makes one augmented copy of each clip per epoch, so a training run of
-E epochs is the E-copy row; the goal is judged at the demo's 10 epochs. The
-1-copy row is shown too: there, decoding dominates both sides.
+E epochs is the E-copy row; the goal is judged at the demo's epochs (read from
+the Makefile). The 1-copy row is shown too: there, decoding dominates both sides.
 """
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from common import paired_seconds, parser, report, row, write_clips
+from common import demo_epochs, paired_seconds, parser, report, row, write_clips
 import audio_data as ad
 
 GOAL = 10.0
@@ -59,9 +59,13 @@ def ours(paths, cfg, copies, augment, batch=64):
 def main():
     p = parser(__doc__)
     p.add_argument("--clips", type=int, default=12)
-    p.add_argument("--copies", type=int, nargs="+", default=[1, 4, 10], help="augmented versions of each clip")
-    p.add_argument("--goal-copies", type=int, default=10, help="the row the goal is judged at: the demo's epochs")
+    p.add_argument("--copies", type=int, nargs="+", help="augmented versions of each clip (default: 1, 4 and "
+                   "the demo's classifier epochs)")
+    p.add_argument("--goal-copies", type=int, help="the row the goal is judged at (default: the demo's classifier "
+                   "epochs)")
     args = p.parse_args()
+    args.goal_copies = args.goal_copies or demo_epochs("train_classifier.py")
+    args.copies = args.copies or [1, 4, args.goal_copies]
     cfg = ad.FeatureConfig()  # the scripts' defaults: 22.05 kHz, 4 s, 128 mels
     rng = np.random.default_rng(0)
     rows = []

@@ -3,8 +3,8 @@
     python bench/bench_training.py classifier|cgan [--repeats 3]
 
 Runs the scripts' own models, input pipeline and training step on generated
-spectrograms at the demo's feature settings (16 kHz, 64 mels; 1.5 s for the
-classifier, 1 s for the cGAN) and at the scripts' defaults. The classifier trains
+spectrograms at the demo's feature settings (as `make demo` passes them) and at
+the scripts' defaults. The classifier trains
 with its script's default model, batch size and augmentation (read from its
 argument parser, so the rows follow the defaults); the cGAN with width 32 and
 batch size 32. Each figure is the median over timed epochs, after a warm-up
@@ -19,16 +19,25 @@ import time
 
 import numpy as np
 
-from common import parser, report, row
+from common import demo_arguments, parser, report, row
 import audio_data as ad
 
 BATCH = 32  # the cGAN's
-SETTINGS = {  # name -> (feature settings, clips per timed epoch); None: train_classifier.py's defaults
-    "classifier": {"demo": (dict(sr=16000, duration=1.5, n_mels=64, n_fft=1024, hop_length=256), 192),
-                   "default": (None, 96)},
-    "cgan": {"demo": (dict(sr=16000, duration=1.0, n_mels=64, n_fft=1024, hop_length=256), 8 * BATCH),
-             "default": (dict(sr=22050, duration=2.0, n_mels=128, n_fft=1024, hop_length=256), 2 * BATCH)},
+CLIPS = {  # model -> settings -> clips per timed epoch
+    "classifier": {"demo": 192, "default": 96},
+    "cgan": {"demo": 8 * BATCH, "default": 2 * BATCH},
 }
+
+
+def feature_config(model: str, settings: str) -> ad.FeatureConfig:
+    """The spectrograms the script makes at `make demo`'s arguments ("demo") or at its defaults ("default")."""
+    argv = demo_arguments(f"train_{model}.py") if settings == "demo" else []
+    if model == "classifier":
+        import train_classifier
+        return train_classifier.feature_config(train_classifier.parse_args(argv))
+    import train_cgan
+    a = train_cgan.parse_args(argv)  # as train_cgan.train builds its config
+    return ad.FeatureConfig(sr=a.sr, duration=a.duration, n_fft=a.n_fft, hop_length=a.hop_length, n_mels=a.n_mels)
 
 
 def fake_log_mels(n, cfg, n_classes, rng):
@@ -133,15 +142,15 @@ def cgan_epoch_seconds(cfg, steps, repeats):
 
 def main():
     p = parser(__doc__)
-    p.add_argument("model", choices=sorted(SETTINGS))
+    p.add_argument("model", choices=sorted(CLIPS))
     p.add_argument("--bn-clips", type=int, default=256, help="clips whose batch-norm statistics are measured")
     args = p.parse_args()
     if args.model == "classifier":
         import train_classifier
         d = train_classifier.parse_args([])
     rows = []
-    for name, (settings, clips) in SETTINGS[args.model].items():
-        cfg = train_classifier.feature_config(d) if settings is None else ad.FeatureConfig(**settings)
+    for name, clips in CLIPS[args.model].items():
+        cfg = feature_config(args.model, name)
         shape = f"{cfg.n_mels}x{cfg.n_frames}"
         if args.model == "classifier":
             steps = clips // d.batch_size

@@ -7,7 +7,9 @@ memory figure is never inflated by an earlier benchmark.
 """
 import argparse
 import json
+import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,6 +25,28 @@ def parser(doc: str, repeats: int = 3) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=repeats, help="runs of each measurement; the median is reported")
     p.add_argument("--json", help="also write the result rows to this file (for bench/run.py)")
     return p
+
+
+def demo_arguments(script: str) -> list[str]:
+    """The arguments `make demo` gives `script` (e.g. "train_cgan.py"), as `make -n demo` prints them.
+
+    The Makefile is the one place the demo's settings are written; what a
+    benchmark times or labels as "the demo's" is read from there.
+    """
+    commands = subprocess.run(["make", "-n", "--no-print-directory", "demo"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.replace("\\\n", " ")
+    for line in commands.splitlines():
+        words = shlex.split(line)
+        if len(words) > 1 and words[1] == script:
+            return words[2:]
+    raise ValueError(f"`make demo` does not run {script}")
+
+
+def demo_epochs(script: str) -> int:
+    """The epochs `make demo` trains `script` for."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--epochs", type=int, required=True)
+    return p.parse_known_args(demo_arguments(script))[0].epochs
 
 
 def timed(fn, *args):

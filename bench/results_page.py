@@ -28,7 +28,7 @@ PICTURES = {  # file in the demo's outputs -> caption
 }
 GENERATION_ROWS = [  # (label, report file under docs/results, key in it)
     ("real clips the classifier never trained on", "generation_report.json", "real_held_out"),
-    ("cGAN after the demo's 45 epochs", "generation_report.json", "generated"),
+    ("cGAN after the demo's {cgan_epochs} epochs", "generation_report.json", "generated"),
     ("the same cGAN untrained (initial weights)", "generation_report_untrained.json", "generated"),
 ]
 
@@ -47,14 +47,14 @@ def benchmark_table(rows) -> list[str]:
     return lines
 
 
-def generation_table(results_dir: Path, classes) -> list[str]:
+def generation_table(results_dir: Path, classes, cgan_epochs: int) -> list[str]:
     lines = ["| clips | n | conditional accuracy | inception-style score | Fréchet distance | "
              + " | ".join(f"acc. {c}" for c in classes) + " |",
              "|---|---:|---:|---:|---:|" + "---:|" * len(classes)]
     for label, name, key in GENERATION_ROWS:
         r = json.loads((results_dir / name).read_text())[key]
         per_class = " | ".join(f"{r['per_class'][c]['conditional_accuracy']:.2f}" for c in classes)
-        lines.append(f"| {label} | {r['clips']} | {r['conditional_accuracy']:.3f} | {r['inception_score']:.2f} | "
+        lines.append(f"| {label.format(cgan_epochs=cgan_epochs)} | {r['clips']} | {r['conditional_accuracy']:.3f} | {r['inception_score']:.2f} | "
                      f"{r['frechet_distance']:.2f} | {per_class} |")
     return lines
 
@@ -356,7 +356,7 @@ def page(results: dict, results_dir: Path) -> str:
         f"score: 1 when every clip sounds alike, at most {len(classifier['classes'])}. Fréchet distance: between "
         "the classifier's embeddings of these clips and of the real training clips (lower is closer).",
         "",
-        *generation_table(results_dir, classifier["classes"]),
+        *generation_table(results_dir, classifier["classes"], results["demo"]["epochs"]["cgan"]),
         "",
         *accuracy_section(results_dir),
         *cgan_section(results_dir),

@@ -20,7 +20,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from common import row
+from common import demo_epochs, row
 import audio_data as ad
 
 BENCH = Path(__file__).resolve().parent
@@ -47,7 +47,7 @@ def run_benchmark(name: str, env: dict) -> list[dict]:
         return json.loads(Path(f.name).read_text())
 
 
-def time_demo(env: dict) -> list[dict]:
+def time_demo(env: dict, epochs: dict) -> list[dict]:
     """`make demo` as a user runs it (venv already built), into outputs/bench/ so the user's own outputs stay."""
     print("\n== make demo ==", flush=True)
     make_vars = [f"OUT={DEMO_OUT}", f"DEMO={DEMO_DATA}"]
@@ -59,7 +59,8 @@ def time_demo(env: dict) -> list[dict]:
     print("\n== untrained GAN, the evaluation's lower reference (not timed) ==", flush=True)
     subprocess.run(["make", "--no-print-directory", "untrained-gan", *make_vars], cwd=ROOT, env=env, check=True)
     return [row("make demo, wall time", seconds, "s", goal=f"<= {DEMO_GOAL_S} s", met=seconds <= DEMO_GOAL_S,
-                detail="data, classifier (10 epochs), cGAN (45 epochs), evaluation; venv excluded")]
+                detail=f"data, classifier ({epochs['classifier']} epochs), cGAN ({epochs['cgan']} epochs), evaluation; "
+                       "venv excluded")]
 
 
 def machine() -> dict:
@@ -108,9 +109,10 @@ def main():
         start = time.perf_counter()
         rows += run_benchmark(name, env)
         took[name] = round(time.perf_counter() - start, 1)
+    epochs = {"classifier": demo_epochs("train_classifier.py"), "cgan": demo_epochs("train_cgan.py")}
     if not args.no_demo and not args.only:
         start = time.perf_counter()
-        rows += time_demo(env)
+        rows += time_demo(env, epochs)
         took["demo"] = round(time.perf_counter() - start, 1)
     total = time.perf_counter() - started
     complete = not args.only and not args.no_demo
@@ -118,7 +120,8 @@ def main():
                     met=total <= SUITE_GOAL_S if complete else None, detail="venv excluded"))
     results = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
                "machine": machine(), "rows": rows, "seconds_per_part": took, "demo": None if not complete else {
-                   "out": str(DEMO_OUT), "data": str(DEMO_DATA), "untrained_gan": str(DEMO_OUT / "untrained-gan")}}
+                   "out": str(DEMO_OUT), "data": str(DEMO_DATA), "untrained_gan": str(DEMO_OUT / "untrained-gan"),
+                   "epochs": epochs}}
     Path(args.out).write_text(json.dumps(results, indent=1))
     print_table(rows)
     m = results["machine"]

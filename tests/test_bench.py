@@ -63,6 +63,22 @@ def test_training_benchmark_trains_the_classifier_with_its_scripts_defaults(tmp_
     assert rows[1]["detail"].startswith(f"input {defaults.n_mels}x")
 
 
+def test_benchmarks_take_the_demos_settings_from_the_makefile():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_cgan
+    import train_classifier
+    from common import demo_arguments, demo_epochs
+    # Each script's own parser takes the words make would run it with: no make variable or line break is left.
+    classifier = train_classifier.parse_args(demo_arguments("train_classifier.py"))
+    cgan = train_cgan.parse_args(demo_arguments("train_cgan.py"))
+    assert (demo_epochs("train_classifier.py"), demo_epochs("train_cgan.py")) == (classifier.epochs, cgan.epochs)
+    # The demo's CPU-sized settings, not the scripts' defaults.
+    assert classifier.n_mels < train_classifier.parse_args([]).n_mels and classifier.val_split > 0
+    assert cgan.n_mels < train_cgan.parse_args([]).n_mels and cgan.epochs != train_cgan.parse_args([]).epochs
+    with pytest.raises(ValueError, match="does not run"):
+        demo_arguments("bench/run.py")
+
+
 def test_results_page_summarises_configurations_run_with_three_seeds_or_more():
     sys.path.insert(0, str(ROOT / "bench"))
     from results_page import seed_summary
