@@ -451,9 +451,13 @@ def train_step(G, D, ema, opt_g, opt_d, real, labels, z, z2, loss_kind, mode_see
     return loss_d.item(), loss_g.item()
 
 
+def feature_config(args) -> ad.FeatureConfig:
+    return ad.FeatureConfig(sr=args.sr, duration=args.duration, n_fft=args.n_fft, hop_length=args.hop_length,
+                            n_mels=args.n_mels)
+
+
 def train(args, out: Path, cluster: Cluster):
-    cfg = ad.FeatureConfig(sr=args.sr, duration=args.duration, n_fft=args.n_fft, hop_length=args.hop_length,
-                           n_mels=args.n_mels)
+    cfg = feature_config(args)
     checkpoint_path = Path(args.checkpoint or out / CHECKPOINT)
     state = load_checkpoint(checkpoint_path) if args.resume else None
     if state:

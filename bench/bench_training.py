@@ -14,6 +14,7 @@ At the demo settings, the classifier's rows also time the batch-norm statistics
 it measures after training (clips/s), beside measuring each layer from the
 input, as it did before it kept each layer's inputs for the next.
 """
+import importlib
 import statistics
 import time
 
@@ -31,13 +32,9 @@ CLIPS = {  # model -> settings -> clips per timed epoch
 
 def feature_config(model: str, settings: str) -> ad.FeatureConfig:
     """The spectrograms the script makes at `make demo`'s arguments ("demo") or at its defaults ("default")."""
+    script = importlib.import_module(f"train_{model}")
     argv = demo_arguments(f"train_{model}.py") if settings == "demo" else []
-    if model == "classifier":
-        import train_classifier
-        return train_classifier.feature_config(train_classifier.parse_args(argv))
-    import train_cgan
-    a = train_cgan.parse_args(argv)  # as train_cgan.train builds its config
-    return ad.FeatureConfig(sr=a.sr, duration=a.duration, n_fft=a.n_fft, hop_length=a.hop_length, n_mels=a.n_mels)
+    return script.feature_config(script.parse_args(argv))
 
 
 def fake_log_mels(n, cfg, n_classes, rng):

@@ -54,8 +54,8 @@ def generation_table(results_dir: Path, classes, cgan_epochs: int) -> list[str]:
     for label, name, key in GENERATION_ROWS:
         r = json.loads((results_dir / name).read_text())[key]
         per_class = " | ".join(f"{r['per_class'][c]['conditional_accuracy']:.2f}" for c in classes)
-        lines.append(f"| {label.format(cgan_epochs=cgan_epochs)} | {r['clips']} | {r['conditional_accuracy']:.3f} | {r['inception_score']:.2f} | "
-                     f"{r['frechet_distance']:.2f} | {per_class} |")
+        lines.append(f"| {label.format(cgan_epochs=cgan_epochs)} | {r['clips']} | {r['conditional_accuracy']:.3f} | "
+                     f"{r['inception_score']:.2f} | {r['frechet_distance']:.2f} | {per_class} |")
     return lines
 
 
