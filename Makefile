@@ -17,7 +17,7 @@ HELD_OUT := --val-split 0.2 --ensemble 1
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
-	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -c "import tensorflow, torch, torchaudio, librosa, soundfile, scipy, sklearn, pandas, matplotlib, tqdm, threadpoolctl, pytest"
+	TF_CPP_MIN_LOG_LEVEL=2 $(PY) -c "import tensorflow, torch, torchaudio, librosa, soundfile, scipy, sklearn, pandas, matplotlib, tqdm, joblib, pytest"
 	touch $@
 
 venv: $(STAMP)

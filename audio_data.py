@@ -13,21 +13,19 @@ import functools
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import re
 import shutil
 import sys
 import tempfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import librosa
 import numpy as np
 import soundfile as sf
-from threadpoolctl import threadpool_limits
+from joblib import Parallel, delayed
 from tqdm import tqdm
 
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
@@ -36,8 +34,9 @@ AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".aiff", ".aif"})
 SILENCE_PEAK = 1e-4
 # Floor of the log-mel features, in dB: keeps log() finite on digital silence.
 DB_FLOOR = -100.0
-# Below this many clips per worker process, starting the processes costs more than they save.
-MIN_CLIPS_PER_WORKER = 50
+# Below this many clips per worker process, starting the processes costs more than they save:
+# about a second (fresh processes importing librosa), against 2-8 ms a clip.
+MIN_CLIPS_PER_WORKER = 250
 
 
 class DataError(Exception):
@@ -387,34 +386,38 @@ def extract_features(paths: list[Path], cfg: FeatureConfig, cache_dir: str | Pat
     return feats
 
 
+def parallel_map(fn, items, workers: int):
+    """fn over items, lazily and in order; in `workers` fresh processes (joblib's loky) when more than one.
+
+    Fresh, not forked from the caller: a caller that has run TensorFlow or torch
+    holds locks of their threads, and a child forked from it can die on one (seen
+    after training, as the test clips' features began: "Check w->waitp->cond ==
+    nullptr failed", then BrokenProcessPool). Loky does not re-run the calling script
+    in them, gives each a fair share of the cores' BLAS threads (one each on 2 cores
+    with 2 workers: more spun against each other and made 2 workers 3-7x slower
+    than one), and keeps them for the next call of the run.
+    """
+    if workers <= 1:
+        return map(fn, items)
+    return Parallel(n_jobs=workers, batch_size=8, return_as="generator")(delayed(fn)(item) for item in items)
+
+
 def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
-    # librosa does ~3 s of one-off set-up on its first STFT and resample: pay it
-    # once here, so forked workers inherit it instead of each paying it again.
-    librosa.resample(np.ones(64, np.float32), orig_sr=2, target_sr=1)
-    log_mel(np.zeros(cfg.n_samples, np.float32), cfg)
     skipped: dict[int, str] = {}
     jobs = [(p, cfg) for p in paths]
     if workers is None:
-        # Workers cost 0.1-0.2 s to start (more when the caller has loaded a
-        # deep-learning framework), a clip about 8 ms: small sets run faster here.
         workers = min(default_workers(), max(1, len(paths) // MIN_CLIPS_PER_WORKER))
     bar = tqdm(total=len(paths), desc=desc, unit="clip", dynamic_ncols=True, disable=None)  # none in logs
     work = None
     if cache:
         cache.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=temporary_prefix("features"), dir=cache.parent))
-    # fork: workers inherit the imports instead of re-importing the calling
-    # script (and its deep-learning framework) in every process.
-    ctx = multiprocessing.get_context("fork") if sys.platform == "linux" else None
     try:
-        with (ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_blas_thread) if workers > 1
-              else contextlib.nullcontext()) as pool:
-            results = pool.map(_features_or_reason, jobs, chunksize=8) if pool else map(_features_or_reason, jobs)
-            rows = _collect(results, skipped, paths, bar)
-            if cache:
-                _write_npy(work / "features.npy", shape, rows)
-            else:
-                x = _stack(shape, rows)
+        rows = _collect(parallel_map(_features_or_reason, jobs, workers), skipped, paths, bar)
+        if cache:
+            _write_npy(work / "features.npy", shape, rows)
+        else:
+            x = _stack(shape, rows)
     except BaseException:
         if work:
             shutil.rmtree(work, ignore_errors=True)
@@ -430,12 +433,6 @@ def _compute_features(paths, cfg, shape, cache, desc, workers) -> Features:
             shutil.rmtree(work, ignore_errors=True)
         x = np.load(cache / "features.npy", mmap_mode="r")
     return Features(x, paths, skipped, False)
-
-
-def _one_blas_thread() -> None:
-    """Each worker already has a core: OpenBLAS's own threads (one per core in every
-    worker) then spin against each other, and made 2 workers 3-7x slower than one."""
-    threadpool_limits(1)
 
 
 def _collect(results, skipped, paths, bar):

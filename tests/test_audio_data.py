@@ -174,6 +174,15 @@ def test_parallel_streamed_to_cache_and_serial_in_memory_agree(tmp_path):
     assert serial.skipped.keys() == parallel.skipped.keys() == {paths.index(tmp_path / "train" / "low" / "bad.wav")}
 
 
+def test_feature_workers_are_fresh_processes_not_forks_of_the_caller():
+    """A worker forked from a caller that has run TensorFlow can die on a lock held by one of its
+    threads. pytest stands in for the framework here: loaded in this process, never in the workers."""
+    assert "pytest" in sys.modules
+    loaded = ad.parallel_map(eval, ["'pytest' in __import__('sys').modules"] * 4, workers=2)
+    assert list(loaded) == [False] * 4
+    assert list(ad.parallel_map(math.sqrt, [4.0, 9.0, 16.0], workers=2)) == [2.0, 3.0, 4.0]  # in order
+
+
 def test_second_run_reads_the_cache_without_decoding(tmp_path, monkeypatch):
     paths, _ = ad.find_labelled_clips(make_tone_dataset(tmp_path / "train", per_class=3))
     (tmp_path / "train" / "low" / "empty.wav").write_bytes(b"")
