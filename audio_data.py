@@ -37,6 +37,8 @@ DB_FLOOR = -100.0
 # Below this many clips per worker process, starting the processes costs more than they save:
 # about a second (fresh processes importing librosa), against 2-8 ms a clip.
 MIN_CLIPS_PER_WORKER = 250
+# The scripts' --workers, which extract_features(workers=None) decides by default.
+WORKERS_HELP = f"processes decoding audio (default: one per core, at most one per {MIN_CLIPS_PER_WORKER} clips)"
 
 
 class DataError(Exception):

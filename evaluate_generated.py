@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--generated", default="outputs/generated", help="generated clips, one folder per class")
     p.add_argument("--real-dir", help="real clips, one folder per class: the reference line")
     p.add_argument("--out", default="outputs", help="folder for the report and the confusion matrix")
-    p.add_argument("--workers", type=int, default=None, help=f"processes decoding audio (default: one per core, at most one per {ad.MIN_CLIPS_PER_WORKER} clips)")
+    p.add_argument("--workers", type=int, default=None, help=ad.WORKERS_HELP)
     return p.parse_args(argv)
 
 

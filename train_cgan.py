@@ -67,7 +67,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("data and outputs")
     g.add_argument("--data-dir", default="data/train", help="one sub-folder of clips per class")
     g.add_argument("--out", default="outputs", help="folder for checkpoint, plots and generated clips")
-    g.add_argument("--workers", type=int, default=None, help=f"processes decoding audio (default: one per core, at most one per {ad.MIN_CLIPS_PER_WORKER} clips)")
+    g.add_argument("--workers", type=int, default=None, help=ad.WORKERS_HELP)
     g = p.add_argument_group("features")
     g.add_argument("--sr", type=int, default=22050, help="sample rate of the spectrograms and of the written clips")
     g.add_argument("--duration", type=float, default=2.0, help="seconds per clip; the frame count derives from it")

@@ -84,7 +84,7 @@ def parse_args(argv=None):
     g.add_argument("--group-regex", help="keep clips of one recording on one side of the validation split; "
                    "the regex's first group (or whole match) on the file name names the recording, "
                    r"e.g. '^(\d+)-' for UrbanSound8K names like 100032-3-0-0.wav")
-    g.add_argument("--workers", type=int, default=None, help=f"processes decoding audio (default: one per core, at most one per {ad.MIN_CLIPS_PER_WORKER} clips)")
+    g.add_argument("--workers", type=int, default=None, help=ad.WORKERS_HELP)
     g = p.add_argument_group("features")
     g.add_argument("--sr", type=int, default=22050, help="sample rate every clip is resampled to")
     g.add_argument("--duration", type=float, default=4.0, help="seconds per clip: longer clips are cropped, shorter padded")
