@@ -21,6 +21,12 @@ splits them again at random (stratified by class, SHARE of them to test): test
 clips then come from kits and instruments also heard in training, as in a
 Kaggle-style random split, instead of unseen ones. Its rows are named DATA-random-split.
 
+Where a data set DATA has a second test set beside it, DATA-check, that shares its train/
+(as bench/build_check_sets.py makes them), every model of ours trained on DATA also predicts
+DATA-check/test (`train_classifier.py --model`, no second training): each default and
+variant then has a row on both test sets, from the same trained models. Such a row's wall
+time is the training run's.
+
 `--repeats N` runs every model N times, alternating their order, and records the
 median wall time (and each run's): one cold run's time varies by a quarter on a
 shared machine, so time against the reference is read from medians. The row's
@@ -120,6 +126,31 @@ def run_one(model, variant, flags, folder, seconds, scratch: Path) -> dict:
         m = json.loads(meta.read_text())
         row.update({k: m.get(k) for k in ("val_accuracy", "epochs_run")})
     return row
+
+
+def check_set_of(folder: Path) -> Path | None:
+    """DATA-check beside DATA when it is a second test set of DATA's training clips (its train/ is DATA's)."""
+    check = folder.with_name(f"{folder.name}-check")
+    if (check / "answers.csv").is_file() and (check / "train").resolve() == (folder / "train").resolve():
+        return check
+    return None
+
+
+def score_on_check_set(row: dict, check: Path, scratch: Path) -> dict:
+    """`row`'s trained model (ours) scored on the check set's test clips: a row for the check set."""
+    model = scratch / row["data"] / f"ours-{row['variant']}" / "classifier.keras"
+    out = scratch / check.name / f"ours-{row['variant']}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, str(ROOT / "train_classifier.py"), "--model", str(model), "--test-dir",
+           str(check / "test"), "--out", str(out), "--drop-extension"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.txt").write_text(res.stdout + res.stderr)
+    if res.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed ({res.returncode}); log in {out / 'log.txt'}")
+    trained = {k: v for k, v in row.items() if k != "accuracy_runs"}  # those are the DATA test's
+    return {**trained, "data": check.name, **score(out / "submission_cnn_v2.csv", check / "answers.csv"),
+            "trained_for": row["data"]}
 
 
 def sources_of(class_dir: Path, pattern) -> dict[str, list[Path]]:
@@ -229,11 +260,17 @@ def main(argv=None):
         for model, variant, flags in alternating(runs, args.repeats):
             done.setdefault((model, variant), []).append(run_one(model, variant, flags, folder, seconds, Path(args.out)))
             print_row(done[model, variant][-1])
-        rows += [with_median_seconds(runs_of_one) for runs_of_one in done.values()]
+        trained = [with_median_seconds(runs_of_one) for runs_of_one in done.values()]
+        rows += trained
         if args.repeats > 1:
             print(f"medians of {args.repeats} runs:")
-            for row in rows[-len(done):]:
+            for row in trained:
                 print_row(row)
+        check = None if args.random_split else check_set_of(folder)
+        for row in trained if check else []:
+            if row["model"] == "ours":
+                rows.append(score_on_check_set(row, check, Path(args.out)))
+                print_row(rows[-1])
         for row in learning_curve(folder, seconds, args.sources, args.draws, args.source_regex, Path(args.out)):
             rows.append(row)
             print_row(row)

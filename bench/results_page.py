@@ -157,7 +157,9 @@ def accuracy_section(results_dir: Path) -> list[str]:
         "beside the dev sets): `drums-check` on the 8 drum kits of the FluidR3 GM SoundFont and on AVL's two",
         "acoustic kits (multi-sampled recordings of real drums), `instruments-check` on FluidR3 GM's",
         "instrument families. Every default above was chosen on the dev sets' test clips; these check that a",
-        "choice holds on sounds it was not made on: they confirm decisions and are not tuned on."])
+        "choice holds on sounds it was not made on: they confirm decisions and are not tuned on.",
+        "`bench_accuracy.py` scores every model of ours it trains on a dev set on its check set as well (the",
+        "same trained models predict both test sets); such a row's wall time is that training's."])
     lines += runs_table(resplit, "Heard sources: the same clips split at random", [
         "Each data set's `train/` and `test/` pooled and split again at random, a quarter of every class to",
         "test (`bench/bench_accuracy.py DATA@SECONDS --random-split 0.25`): test clips then come from kits",

@@ -125,6 +125,40 @@ def test_source_subset_keeps_every_clip_of_k_sources_per_class(tmp_path):
         source_subset(data, 2, 0, "^(.+?)__", tmp_path / "subsets")
 
 
+def test_accuracy_benchmark_scores_the_same_trained_model_on_the_second_test_set(tmp_path):
+    """DATA-check beside DATA, with DATA's train/: one training, a row for each test set; the check
+    row is that model's score on the check clips, which here are labelled the other way round."""
+    import csv
+
+    from conftest import make_tone_dataset, tone
+
+    data, check = tmp_path / "tones", tmp_path / "tones-check"
+    make_tone_dataset(data / "train", per_class=8)
+    check.mkdir()
+    (check / "train").symlink_to(data / "train")
+    for folder, names in [(data, ["low", "high"]), (check, ["high", "low"])]:  # check: labels swapped
+        answers = [("ID", "Class")]
+        for i, freq in enumerate([200.0, 210.0, 600.0, 630.0]):
+            tone(folder / "test" / f"t{i}.wav", freq=freq, seconds=0.4)
+            answers.append((f"t{i}", names[i // 2]))
+        with open(folder / "answers.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows(answers)
+    rows = bench(tmp_path, "bench_accuracy.py", f"{data}@0.4", "--models", "ours", "--out", str(tmp_path / "runs"))["rows"]
+    by_data = {r["data"]: r for r in rows}
+    assert set(by_data) == {"tones", "tones-check"}
+    ours, checked = by_data["tones"], by_data["tones-check"]
+    assert checked["trained_for"] == "tones" and checked["seconds"] == ours["seconds"]
+    assert checked["variant"] == ours["variant"] == "default" and checked["test_clips"] == 4
+    assert ours["accuracy"] > 0.5  # it learned the tones
+    assert checked["accuracy"] == pytest.approx(1 - ours["accuracy"])  # the same predictions, labels swapped
+    # A second test set of other training clips is not the same model's: no row for it.
+    (check / "train").unlink()
+    make_tone_dataset(check / "train", per_class=8)
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_accuracy import check_set_of
+    assert check_set_of(data) is None
+
+
 def test_random_split_pools_train_and_test_and_splits_them_again_by_class(tmp_path):
     import csv
     sys.path.insert(0, str(ROOT / "bench"))
