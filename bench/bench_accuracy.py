@@ -107,17 +107,22 @@ def command(model: str, folder: Path, seconds: float, out: Path, flags: list[str
              "--n-mels", "64", "--seed", "0", "--duration", str(seconds)], out / "submission.csv")
 
 
+def run_logged(cmd: list[str], out: Path) -> None:
+    """Run cmd, its output to out/log.txt; stop the benchmark, naming the log, if it fails."""
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "log.txt").write_text(res.stdout + res.stderr)
+    if res.returncode != 0:
+        sys.exit(f"error: {' '.join(cmd)} failed ({res.returncode}); log in {out / 'log.txt'}")
+
+
 def run_one(model, variant, flags, folder, seconds, scratch: Path) -> dict:
     out = scratch / folder.name / f"{model}-{variant}"
     shutil.rmtree(out, ignore_errors=True)  # cold: no feature cache from an earlier run
     cmd, submission = command(model, folder, seconds, out, flags)
     start = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    run_logged(cmd, out)
     seconds_taken = time.perf_counter() - start
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.txt").write_text(res.stdout + res.stderr)
-    if res.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed ({res.returncode}); log in {out / 'log.txt'}")
     row = {"data": folder.name, "duration": seconds, "model": model, "variant": variant, "flags": " ".join(flags),
            **score(submission, folder / "answers.csv"), "seconds": round(seconds_taken, 1), "commit": commit(),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -143,11 +148,7 @@ def score_on_check_set(row: dict, check: Path, scratch: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, str(ROOT / "train_classifier.py"), "--model", str(model), "--test-dir",
            str(check / "test"), "--out", str(out), "--drop-extension"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "log.txt").write_text(res.stdout + res.stderr)
-    if res.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed ({res.returncode}); log in {out / 'log.txt'}")
+    run_logged(cmd, out)
     trained = {k: v for k, v in row.items() if k != "accuracy_runs"}  # those are the DATA test's
     return {**trained, "data": check.name, **score(out / "submission_cnn_v2.csv", check / "answers.csv"),
             "trained_for": row["data"]}
