@@ -107,6 +107,11 @@ def command(model: str, folder: Path, seconds: float, out: Path, flags: list[str
              "--n-mels", "64", "--seed", "0", "--duration", str(seconds)], out / "submission.csv")
 
 
+def run_dir(scratch: Path, data: str, model: str, variant: str) -> Path:
+    """Where one model's run on one data set leaves its outputs (a trained model, its log)."""
+    return scratch / data / f"{model}-{variant}"
+
+
 def run_logged(cmd: list[str], out: Path) -> None:
     """Run cmd, its output to out/log.txt; stop the benchmark, naming the log, if it fails."""
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -117,7 +122,7 @@ def run_logged(cmd: list[str], out: Path) -> None:
 
 
 def run_one(model, variant, flags, folder, seconds, scratch: Path) -> dict:
-    out = scratch / folder.name / f"{model}-{variant}"
+    out = run_dir(scratch, folder.name, model, variant)
     shutil.rmtree(out, ignore_errors=True)  # cold: no feature cache from an earlier run
     cmd, submission = command(model, folder, seconds, out, flags)
     start = time.perf_counter()
@@ -143,8 +148,8 @@ def check_set_of(folder: Path) -> Path | None:
 
 def score_on_check_set(row: dict, check: Path, scratch: Path) -> dict:
     """`row`'s trained model (ours) scored on the check set's test clips: a row for the check set."""
-    model = scratch / row["data"] / f"ours-{row['variant']}" / "classifier.keras"
-    out = scratch / check.name / f"ours-{row['variant']}"
+    model = run_dir(scratch, row["data"], "ours", row["variant"]) / "classifier.keras"
+    out = run_dir(scratch, check.name, "ours", row["variant"])
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, str(ROOT / "train_classifier.py"), "--model", str(model), "--test-dir",
            str(check / "test"), "--out", str(out), "--drop-extension"]
