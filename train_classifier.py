@@ -104,6 +104,9 @@ def parse_args(argv=None):
                    help="clips per step (16: twice the updates of 32 in the same epochs and CPU time; "
                    "better on instrument notes, see docs/RESULTS.md)")
     g.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (--schedule plateau) or peak (cosine)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="0 < DECAY < 1: predict with the exponential moving average of the weights over training "
+                   "steps (about the last 1 / (1 - DECAY) of them) instead of the best epoch's weights; 0: off")
     g.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
                    help="plateau: --lr, halved whenever the validation loss (the training loss without validation) "
                    "stalls; cosine: one epoch of warm-up to --lr, then cosine decay to 0 at the last epoch "
@@ -155,6 +158,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not 0 <= args.augment_share <= 1:
         p.error(f"--augment-share is a share of the clips, between 0 and 1 (not {args.augment_share})")
+    if not 0 <= args.ema < 1:
+        p.error(f"--ema is the decay of a moving average, at least 0 and below 1 (not {args.ema})")
     if "ensemble" not in vars(args):
         args.ensemble = 1 if args.folds > 1 else 2
     return args
@@ -492,8 +497,9 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     with strategy.scope():
         model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout,
                           level=args.level, top_db=args.top_db, pooling=args.pooling, name=name)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate(args, steps)), loss="categorical_crossentropy",
-                      metrics=["accuracy"])
+        optimizer = keras.optimizers.Adam(learning_rate(args, steps), use_ema=args.ema > 0,
+                                          ema_momentum=args.ema or 0.99)
+        model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
 
     augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations, share=args.augment_share)
     train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], batch, augmenter, args.mixup, seed)
@@ -528,6 +534,8 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
               validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)
+    if args.ema:  # early stopping has put back the best epoch's own weights: the average replaces them
+        optimizer.finalize_variable_values(model.trainable_variables)
     # An epoch of training batches, augmented as in training, drawn once (each layer reads them again).
     clips = np.concatenate([xb for xb, _ in train_ds.take(min(steps, math.ceil(BN_STATISTICS_CLIPS / batch)))])
     set_batch_norm_statistics(model, tf.data.Dataset.from_tensor_slices(clips).batch(256))
