@@ -17,7 +17,7 @@ def conv_block(x, filters: int, dropout: float):
 
 def build_cnn(n_mels: int, n_frames: int, n_classes: int, mean: float, variance: float,
               width: int = 32, blocks: int = 4, dropout: float = 0.3, level: str = "dataset",
-              top_db: float = 80.0, pooling: str = "time", name: str = "cnn") -> keras.Model:
+              top_db: float = 80.0, name: str = "cnn") -> keras.Model:
     """A VGG-style CNN; channels double with each block.
 
     The input is the raw dB spectrogram; normalisation with the training set's
@@ -29,9 +29,7 @@ def build_cnn(n_mels: int, n_frames: int, n_classes: int, mean: float, variance:
     noise floor, a decay's last tail) is more the recording's than the sound's.
     After the convolutions, the frequency axis is folded into the channels and
     only time is pooled (mean and max): where a sound sits in frequency matters,
-    when it happens in the clip does not. pooling="both" adds the mean and max
-    over time and frequency beside them: what a sound is made of, wherever in
-    frequency it sits.
+    when it happens in the clip does not.
     """
     inputs = keras.Input(shape=(n_mels, n_frames), name="log_mel_db")
     x = layers.Reshape((n_mels, n_frames, 1))(inputs)
@@ -42,11 +40,10 @@ def build_cnn(n_mels: int, n_frames: int, n_classes: int, mean: float, variance:
     x = layers.Normalization(axis=None, mean=mean, variance=variance)(x)
     for i in range(blocks):
         x = conv_block(x, width * 2**i, dropout * (i + 1) / blocks)
-    everywhere = [layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)] if pooling == "both" else []
     freq, time, channels = x.shape[1], x.shape[2], x.shape[3]
     x = layers.Permute((2, 1, 3))(x)
     x = layers.Reshape((time, freq * channels))(x)
-    x = layers.Concatenate()([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)] + everywhere)
+    x = layers.Concatenate()([layers.GlobalAveragePooling1D()(x), layers.GlobalMaxPooling1D()(x)])
     x = layers.Dropout(dropout)(x)
     x = layers.Dense(128, activation="relu", name="embedding")(x)  # read by evaluate_generated.py
     x = layers.Dropout(dropout)(x)

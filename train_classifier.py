@@ -125,9 +125,6 @@ def parse_args(argv=None):
                    "and predict with their average")
     g.add_argument("--width", type=int, default=16,
                    help="filters of the first conv block (doubles per block); 16 gives 0.4M parameters, 32 gives 1.4M")
-    g.add_argument("--pooling", choices=["time", "both"], default="time",
-                   help="the head: mean and max over time with frequency positions kept (time), or those and "
-                   "the mean and max over time and frequency beside them (both)")
     g.add_argument("--dropout", type=float, default=0.1,
                    help="dropout of the last conv block and the head (earlier blocks get less)")
     g.add_argument("--level", choices=["clip", "dataset"], default="clip",
@@ -496,7 +493,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     steps = steps_per_epoch(len(train_idx), args.epoch_clips, batch)
     with strategy.scope():
         model = build_cnn(cfg.n_mels, cfg.n_frames, n_classes, mean, variance, args.width, dropout=args.dropout,
-                          level=args.level, top_db=args.top_db, pooling=args.pooling, name=name)
+                          level=args.level, top_db=args.top_db, name=name)
         optimizer = keras.optimizers.Adam(learning_rate(args, steps), use_ema=args.ema > 0,
                                           ema_momentum=args.ema or 0.99)
         model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])

@@ -494,20 +494,3 @@ def test_the_cosine_schedule_warms_up_for_an_epoch_then_decays_to_zero_at_the_la
     assert rate(18) > rate(100) > rate(400) > rate(30 * 18 - 1) > 0
     assert rate(30 * 18) == pytest.approx(0, abs=1e-9)
     assert tc.learning_rate(tc.parse_args(["--lr", "0.002"]), steps=18) == 0.002  # the default: plateaus
-
-
-def test_both_pooling_adds_the_mean_and_max_over_time_and_frequency_and_loads_in_safe_mode(tmp_path):
-    import keras
-
-    from cnn_model import build_cnn
-    model = build_cnn(8, 6, 3, -40.0, 100.0, width=4, blocks=2, pooling="both")
-    last_block = [layer for layer in model.layers if isinstance(layer, keras.layers.SpatialDropout2D)][-1]
-    head = keras.Model(model.input, [last_block.output, model.get_layer("embedding").input])
-    x = np.random.default_rng(2).uniform(-80, 0, (3, 8, 6)).astype(np.float32)
-    maps, features = head.predict(x, verbose=0)  # maps: (clips, frequency, time, channels)
-    by_time = maps.transpose(0, 2, 1, 3).reshape(len(x), maps.shape[2], -1)  # frequency folded into channels
-    expected = np.concatenate([by_time.mean(1), by_time.max(1), maps.mean((1, 2)), maps.max((1, 2))], axis=1)
-    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5)
-    model.save(tmp_path / "both.keras")
-    loaded = keras.models.load_model(tmp_path / "both.keras", safe_mode=True)
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-6)
