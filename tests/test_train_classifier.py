@@ -494,3 +494,16 @@ def test_the_cosine_schedule_warms_up_for_an_epoch_then_decays_to_zero_at_the_la
     assert rate(18) > rate(100) > rate(400) > rate(30 * 18 - 1) > 0
     assert rate(30 * 18) == pytest.approx(0, abs=1e-9)
     assert tc.learning_rate(tc.parse_args(["--lr", "0.002"]), steps=18) == 0.002  # the default: plateaus
+
+
+def test_with_ema_the_saved_model_holds_the_moving_average_of_its_weights(data, tmp_path):
+    import keras
+
+    with pytest.raises(SystemExit):  # a decay of 1 would never move from the initial weights
+        tc.parse_args(["--ema", "1"])
+    assert run(data, tmp_path, "--epochs", "3", "--ema", "0.5", "--train-only") == 0
+    model = keras.models.load_model(tmp_path / "classifier.keras", safe_mode=True)  # with its optimizer's state
+    averages = model.optimizer._model_variables_moving_average
+    assert model.optimizer.use_ema and len(averages) == len(model.trainable_variables)
+    for weights, average in zip(model.trainable_variables, averages):
+        np.testing.assert_allclose(weights.numpy(), average.numpy(), rtol=1e-6, atol=1e-7)
