@@ -501,9 +501,16 @@ def test_with_ema_the_saved_model_holds_the_moving_average_of_its_weights(data, 
 
     with pytest.raises(SystemExit):  # a decay of 1 would never move from the initial weights
         tc.parse_args(["--ema", "1"])
-    assert run(data, tmp_path, "--epochs", "3", "--ema", "0.5", "--train-only") == 0
+    assert run(data, tmp_path, "--epochs", "3", "--ema", "0.5", "--train-only") == 0  # 3 epochs of 8 steps
     model = keras.models.load_model(tmp_path / "classifier.keras", safe_mode=True)  # with its optimizer's state
     averages = model.optimizer._model_variables_moving_average
     assert model.optimizer.use_ema and len(averages) == len(model.trainable_variables)
     for weights, average in zip(model.trainable_variables, averages):
         np.testing.assert_allclose(weights.numpy(), average.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_the_moving_average_spans_at_most_a_tenth_of_a_short_run():
+    assert tc.ema_decay(tc.parse_args(["--epochs", "30"]), steps=36) == 0.99  # the README's drums: unchanged
+    assert tc.ema_decay(tc.parse_args(["--epochs", "10"]), steps=8) == 1 - 10 / 80
+    assert tc.ema_decay(tc.parse_args(["--epochs", "1"]), steps=8) == 0.0  # too short to average: off
+    assert tc.ema_decay(tc.parse_args(["--epochs", "30", "--ema", "0"]), steps=36) == 0.0
