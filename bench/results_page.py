@@ -139,7 +139,7 @@ def accuracy_section(results_dir: Path) -> list[str]:
                   "(`--ema 0.99`). The rows of c70f905 and 09aeb8e ran on a machine where the defaults of the time",
                   "(`--ema 0` today) scored 0.825 on drums and 0.797 on instruments over seeds 0-9 (paired",
                   "figures in the README); this page's default rows are of 06072e7, on another machine. The",
-                  "rows `defaults, seed N` are today's defaults with another seed: the spread of a",
+                  "rows `defaults, seed N` are the defaults of their commit with another seed: the spread of a",
                   "single run, against which every other row should be read. `bench/bench_accuracy.py",
                   "DATA@SECONDS --models --variant NAME=\"FLAGS\"` reproduces a row. Accuracy does not depend on",
                   "what else the machine does; the wall times here are for the record only, as some of these",
@@ -197,7 +197,7 @@ def learning_curve_table(curve: list[dict], rows: list[dict], data_sets: list[st
              "every class, drawn at random (a class with no more than k keeps all of its own); each draw also",
              "trains with another seed (`bench/bench_accuracy.py DATA@SECONDS",
              "--models --sources K ...`). Mean test accuracy over the draws (their number in brackets); the last",
-             "row is every source, today's defaults over their seeds. How steeply accuracy still rises at the",
+             "row is every source, the default rows over their seeds. How steeply accuracy still rises at the",
              "last step says how much more sources would help.", "",
              "| sources per class | " + " | ".join(data_sets) + " |", "|---|" + "---:|" * len(data_sets)]
 
