@@ -529,8 +529,10 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     callbacks = [keras.callbacks.CSVLogger(str(state / "history.csv"), append=True), backup]
     # Under the cosine schedule the training loss falls to the end by design: only validation stops early.
     if has_val or args.schedule == "plateau":
+        # With a moving average, fit() ends by putting the average in (Keras's optimizer EMA):
+        # the best epoch's weights are not put back over it.
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=args.patience,
-                                                       restore_best_weights=True))
+                                                       restore_best_weights=decay == 0))
     if args.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=0.5,
                                                            patience=max(2, args.patience // 3), min_lr=1e-5))
@@ -542,10 +544,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
     model.fit(train_ds, steps_per_epoch=steps, epochs=args.epochs,
               validation_data=val_ds, callbacks=callbacks, class_weight=class_weight, shuffle=False,
               verbose=1 if sys.stdout.isatty() else 2)
-    # Early stopping has put back its best epoch's weights: the average replaces them. Averaged
-    # weights need batch-norm statistics of their own, which the next step measures.
-    if decay > 0:
-        optimizer.finalize_variable_values(model.trainable_variables)
+    # Batch-norm statistics measured under the final weights: averaged weights need their own.
     # An epoch of training batches, augmented as in training, drawn once (each layer reads them again).
     clips = np.concatenate([xb for xb, _ in train_ds.take(min(steps, math.ceil(BN_STATISTICS_CLIPS / batch)))])
     set_batch_norm_statistics(model, tf.data.Dataset.from_tensor_slices(clips).batch(256))
