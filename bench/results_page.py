@@ -136,11 +136,13 @@ def accuracy_section(results_dir: Path) -> list[str]:
                   "`Slaney mel scale (the defaults before 06072e7), seed N` ran it with `--augment 0.25`). Until",
                   "06072e7 the mel bands were Slaney's; since then HTK's (`--mel-scale htk`). Until 554aeca the",
                   "model predicted with the weights of its best epoch; since then with their moving average",
-                  "(`--ema 0.99`). The rows of c70f905 and 09aeb8e ran on a machine where the defaults of the time",
-                  "(`--ema 0` today) scored 0.825 on drums and 0.797 on instruments over seeds 0-9 (paired",
-                  "figures in the README); this page's default rows are of 06072e7, on another machine. The",
-                  "rows `defaults, seed N` are the defaults of their commit with another seed: the spread of a",
-                  "single run, against which every other row should be read. `bench/bench_accuracy.py",
+                  "(`--ema 0.99`). The rows of c70f905 and later ran on the machine of the table above (its",
+                  "defaults are of 2d683df), where the defaults before 554aeca (`--ema 0` today) scored 0.825 on",
+                  "drums and 0.797 on instruments over seeds 0-9 (paired figures in the README); today's defaults",
+                  "over those seeds are the rows `weights' moving average, momentum 0.99` (runs repeat to the",
+                  "digit here: seed 0 of those rows is the table's default). The rows `defaults of 06072e7` are",
+                  "that commit's defaults on another machine, seeds 0-5: the spread of a single run, against",
+                  "which the rows of that time should be read. `bench/bench_accuracy.py",
                   "DATA@SECONDS --models --variant NAME=\"FLAGS\"` reproduces a row. Accuracy does not depend on",
                   "what else the machine does; the wall times here are for the record only, as some of these",
                   "runs shared the two cores with other work.", "",
@@ -191,13 +193,15 @@ def learning_curve_table(curve: list[dict], rows: list[dict], data_sets: list[st
     """Mean test accuracy of ours trained on k sources per class (over draws), beside all sources (over seeds)."""
     if not curve:
         return []
-    commits = ", ".join(sorted({r.get("commit", "") for r in curve} - {""})) or "?"
+    curve_commits = {r.get("commit", "") for r in curve} - {""}
+    commits = ", ".join(sorted(curve_commits)) or "?"
     lines = ["", "### Learning curve over sources", "",
              f"Ours (the defaults of commit {commits}) trained on only k of the sources (kits, instruments) of",
              "every class, drawn at random (a class with no more than k keeps all of its own); each draw also",
              "trains with another seed (`bench/bench_accuracy.py DATA@SECONDS",
              "--models --sources K ...`). Mean test accuracy over the draws (their number in brackets); the last",
-             "row is every source, the default rows over their seeds. How steeply accuracy still rises at the",
+             "row is every source: the defaults over their seeds (of the commit named, the curve's where there",
+             "are such rows, otherwise the one with most seeds). How steeply accuracy still rises at the",
              "last step says how much more sources would help.", "",
              "| sources per class | " + " | ".join(data_sets) + " |", "|---|" + "---:|" * len(data_sets)]
 
@@ -206,10 +210,15 @@ def learning_curve_table(curve: list[dict], rows: list[dict], data_sets: list[st
     for k in sorted({r["sources"] for r in curve}):
         lines.append(f"| {k} | " + " | ".join(
             cell([r["accuracy"] for r in curve if r["sources"] == k and r["data"] == d]) for d in data_sets) + " |")
-    defaults = [r for r in rows if r["model"] == "ours"
-                and (r["variant"] == "default" or r["variant"].startswith("defaults, seed "))]
-    lines.append("| all | " + " | ".join(cell([r["accuracy"] for r in defaults if r["data"] == d]) for d in data_sets)
-                 + " |")
+    by_commit: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["model"] == "ours" and (r["variant"] == "default" or r["variant"].startswith("defaults")):
+            by_commit.setdefault(r.get("commit", "?"), []).append(r)
+    if by_commit:
+        commit = next((c for c in sorted(curve_commits) if c in by_commit),
+                      max(by_commit, key=lambda c: len(by_commit[c])))
+        lines.append(f"| all (defaults of {commit}) | " + " | ".join(
+            cell([r["accuracy"] for r in by_commit[commit] if r["data"] == d]) for d in data_sets) + " |")
     return lines
 
 

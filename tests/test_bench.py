@@ -202,14 +202,20 @@ def test_results_page_learning_curve_averages_draws_beside_all_sources():
     sys.path.insert(0, str(ROOT / "bench"))
     from results_page import learning_curve_table
 
-    def row(variant, accuracy, sources=None, data="drums"):
-        return {"model": "ours", "variant": variant, "data": data, "accuracy": accuracy,
+    def row(variant, accuracy, sources=None, data="drums", commit="aaa"):
+        return {"model": "ours", "variant": variant, "data": data, "accuracy": accuracy, "commit": commit,
                 **({"sources": sources} if sources else {})}
     curve = [row("1 sources per class, draw 0", 0.4, 1), row("1 sources per class, draw 1", 0.6, 1),
              row("2 sources per class, draw 0", 0.7, 2), row("1 sources per class, draw 0", 0.9, 1, data="notes")]
-    rows = [row("default", 0.8), row("defaults, seed 1", 0.9), row("wide", 0.1)]  # "wide" is not the defaults
+    # "wide" is not the defaults; the defaults of another commit are not the curve's.
+    rows = [row("default", 0.8), row("defaults, seed 1", 0.9), row("wide", 0.1), row("default", 0.2, commit="bbb")]
     table = [line for line in learning_curve_table(curve, rows, ["drums", "notes"]) if line.startswith("| ")]
-    assert table[1:] == ["| 1 | 0.500 (2) | 0.900 (1) |", "| 2 | 0.700 (1) | - |", "| all | 0.850 (2) | - |"]
+    assert table[1:] == ["| 1 | 0.500 (2) | 0.900 (1) |", "| 2 | 0.700 (1) | - |",
+                         "| all (defaults of aaa) | 0.850 (2) | - |"]
+    # Without defaults of the curve's commit: those of the commit with the most rows, named.
+    rows = [row("default", 0.2, commit="bbb"), row("defaults of ccc", 0.7, commit="ccc"),
+            row("defaults of ccc, seed 1", 0.9, commit="ccc")]
+    assert learning_curve_table(curve, rows, ["drums"])[-1] == "| all (defaults of ccc) | 0.800 (2) |"
     assert learning_curve_table([], rows, ["drums"]) == []
 
 
