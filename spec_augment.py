@@ -26,14 +26,12 @@ class SpecAugmenter:
     `strength` scales every range at once: 0 switches augmentation off, 1 is the
     default, 2 doubles every range. `kinds` names the augmentations used (of
     AUGMENTATIONS); the others are off. `share` is the share of clips augmented;
-    the others pass as they are. `eq_strength`, where given, replaces `strength`
-    for the EQ alone.
+    the others pass as they are.
     """
 
     def __init__(self, cfg, strength: float = 1.0, kinds=AUGMENTATIONS, share: float = 1.0, semitones: float = 2.0,
                  stretch: float = 0.15, shift: float = 0.1, gain_db: float = 6.0, tilt_db: float = 6.0,
-                 freq_mask: float = 0.1, time_mask: float = 0.1, noise_share: float = 0.5,
-                 eq_strength: float | None = None):
+                 freq_mask: float = 0.1, time_mask: float = 0.1, noise_share: float = 0.5):
         unknown = set(kinds) - set(AUGMENTATIONS)
         if unknown:
             raise ValueError(f"unknown augmentations {sorted(unknown)}; choose from {AUGMENTATIONS}")
@@ -41,8 +39,6 @@ class SpecAugmenter:
             raise ValueError(f"the share of clips augmented must be between 0 and 1, not {share}")
         self.share = share
         on = {k: strength * (k in kinds) for k in AUGMENTATIONS}
-        if eq_strength is not None:
-            on["eq"] = eq_strength * ("eq" in kinds)
         self.n_mels, self.n_frames = cfg.n_mels, cfg.n_frames
         self.semitones = semitones * on["pitch"]
         self.stretch = stretch * on["speed"]

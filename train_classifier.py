@@ -138,8 +138,6 @@ def parse_args(argv=None):
     g.add_argument("--augment", type=float, default=0.25,
                    help="augmentation strength: 0 off, 1 the full ranges (pitch +-2 semitones, speed +-15%%, ...); "
                    "0.25 beat 0.5 on drums from unheard kits, on two test sets (docs/RESULTS.md)")
-    g.add_argument("--eq-strength", type=float, default=None,
-                   help="strength of the EQ augmentation alone (tilt +-6 dB and bump +-3 dB at 1); default: --augment's")
     g.add_argument("--augment-share", type=float, default=0.5,
                    help="share of the training clips augmented at each draw; the others train as they are")
     g.add_argument("--augmentations", nargs="*", choices=AUGMENTATIONS, default=DEFAULT_AUGMENTATIONS,
@@ -511,8 +509,7 @@ def train(args, x, rows, y, classes, train_idx, val_idx, state: Path, name="cnn"
         optimizer = keras.optimizers.Adam(learning_rate(args, steps), use_ema=decay > 0, ema_momentum=decay)
         model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
 
-    augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations, share=args.augment_share,
-                              eq_strength=args.eq_strength)
+    augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations, share=args.augment_share)
     train_ds = make_dataset(x, rows[train_idx], onehot[train_idx], batch, augmenter, args.mixup, seed)
     has_val = len(val_idx) > 0
     val_ds = make_dataset(x, rows[val_idx], onehot[val_idx], batch) if has_val else None
@@ -672,8 +669,7 @@ def predict_folder(model, meta: dict, args, cache_dir) -> None:
             ad.warn(f"--test-bn test needs at least {MIN_CLIPS_TO_ADAPT} test clips, not {len(ok_rows)}: "
                     "predicting with the training clips' batch-norm statistics")
     if len(ok_rows):
-        augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations,
-                                  eq_strength=args.eq_strength) if args.tta > 1 else None
+        augmenter = SpecAugmenter(cfg, strength=args.augment, kinds=args.augmentations) if args.tta > 1 else None
         probs[ok_rows] = predict_rows(model, feats.x, ok_rows, args.batch_size, augmenter, args.tta, args.seed)
         predicted[ok_rows] = np.array(classes, dtype=object)[probs[ok_rows].argmax(axis=1)]
     for i in sorted(feats.skipped):
