@@ -201,7 +201,7 @@ def learning_curve_table(curve: list[dict], rows: list[dict], data_sets: list[st
              "trains with another seed (`bench/bench_accuracy.py DATA@SECONDS",
              "--models --sources K ...`). Mean test accuracy over the draws (their number in brackets); the last",
              "row is every source: the defaults over their seeds (of the commit named, the curve's where there",
-             "are such rows, otherwise the one with most seeds). How steeply accuracy still rises at the",
+             "are such rows, otherwise the one with the most runs). How steeply accuracy still rises at the",
              "last step says how much more sources would help.", "",
              "| sources per class | " + " | ".join(data_sets) + " |", "|---|" + "---:|" * len(data_sets)]
 
